@@ -1,0 +1,144 @@
+"""Deactivating neurons through hooks, without touching the weights.
+
+Zeroing neuron ``(layer, "ffn", k)`` is defined as zeroing ``up_proj``/``gate_proj``
+row k and ``down_proj`` column k; zeroing ``(layer, "attn_q", k)`` as zeroing row
+k (and bias entry k) of the query projection, and likewise for keys and values.
+The hooks here zero the same quantities on the fly: the k-th input of the down
+projection, or the k-th output column of the (possibly fused) q/k/v projection.
+Many conditions can then run against one loaded model, on any device map.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from langneurons.architectures import (
+    SITES,
+    NeuronIndexError,
+    dimensions,
+    get_architecture,
+    get_submodule,
+    projection_columns,
+    projection_path,
+    weight_out_in,
+)
+
+NeuronGroups = dict[tuple[int, str], torch.Tensor]
+
+
+def group_neurons(model: nn.Module, neurons: Any) -> NeuronGroups:
+    """Validate neuron addresses and group their indices by ``(layer, site)``.
+
+    ``neurons`` is an iterable of ``(layer, site, index)`` or a DataFrame with
+    columns ``layer, site, index``.
+    """
+    dims = dimensions(model)
+    if hasattr(neurons, "columns"):
+        missing = {"layer", "site", "index"} - set(neurons.columns)
+        if missing:
+            raise NeuronIndexError(
+                f"neuron table lacks column(s) {sorted(missing)}; it needs columns layer, site, index"
+            )
+        rows: Iterable = zip(neurons["layer"], neurons["site"], neurons["index"])
+    else:
+        rows = neurons
+    grouped: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for layer, site, index in rows:
+        layer, index = int(layer), int(index)
+        if site not in SITES:
+            raise NeuronIndexError(f"neuron site {site!r} is unknown; use one of {', '.join(SITES)}")
+        if not 0 <= layer < dims.n_layers:
+            raise NeuronIndexError(
+                f"neuron layer {layer} is out of range: the model has layers 0..{dims.n_layers - 1}"
+            )
+        size = dims.site_size(site)
+        if not 0 <= index < size:
+            raise NeuronIndexError(
+                f"neuron index {index} of site {site!r} is out of range: layer {layer} has {size} "
+                f"{site} neurons (0..{size - 1}); were the neurons found on another model?"
+            )
+        grouped[(layer, site)].append(index)
+    return {key: torch.tensor(sorted(set(idx)), dtype=torch.long) for key, idx in grouped.items()}
+
+
+def _zero_input_columns(columns: torch.Tensor):
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        return (hidden.index_fill(-1, columns.to(hidden.device), 0), *args[1:])
+
+    return hook
+
+
+def _zero_output_columns(columns: torch.Tensor):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.index_fill(-1, columns.to(output.device), 0)
+
+    return hook
+
+
+@contextmanager
+def deactivate(model: nn.Module, neurons: Any) -> Iterator[NeuronGroups]:
+    """Zero the given neurons inside the ``with`` block; restore them on exit.
+
+    The hooks are removed on exit, also when the block raises. Yields the
+    validated ``{(layer, site): indices}`` groups.
+    """
+    groups = group_neurons(model, neurons)
+    arch = get_architecture(model)
+    dims = dimensions(model)
+    layers = get_submodule(model, arch.layers)
+
+    input_columns: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
+    output_columns: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
+    for (layer, site), index in groups.items():
+        if site == "ffn":
+            input_columns[get_submodule(layers[layer], arch.ffn_out)].append(index)
+        else:
+            module = get_submodule(layers[layer], projection_path(arch, site))
+            output_columns[module].append(projection_columns(arch, dims, site, index))
+
+    handles = []
+    try:
+        for module, parts in input_columns.items():
+            handles.append(module.register_forward_pre_hook(_zero_input_columns(torch.cat(parts))))
+        for module, parts in output_columns.items():
+            handles.append(module.register_forward_hook(_zero_output_columns(torch.cat(parts))))
+        yield groups
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def zero_weights_(model: nn.Module, neurons: Any) -> None:
+    """Deactivate neurons by editing the weights in place (the definition).
+
+    Used as the reference that :func:`deactivate` is tested against, and where
+    a permanently pruned copy is wanted.
+    """
+    groups = group_neurons(model, neurons)
+    arch = get_architecture(model)
+    dims = dimensions(model)
+    layers = get_submodule(model, arch.layers)
+    with torch.no_grad():
+        for (layer, site), index in groups.items():
+            block = layers[layer]
+            if site == "ffn":
+                weight_out_in(get_submodule(block, arch.ffn_out))[:, index] = 0
+                up = get_submodule(block, arch.ffn_in)
+                weight_out_in(up)[index, :] = 0
+                if up.bias is not None:
+                    up.bias[index] = 0
+                if arch.ffn_gate is not None:
+                    weight_out_in(get_submodule(block, arch.ffn_gate))[index, :] = 0
+            else:
+                module = get_submodule(block, projection_path(arch, site))
+                columns = projection_columns(arch, dims, site, index)
+                weight_out_in(module)[columns, :] = 0
+                if module.bias is not None:
+                    module.bias[columns] = 0

@@ -1,0 +1,464 @@
+"""PLND: the importance of every neuron for every document, in one forward pass.
+
+The paper defines the importance of neuron N of layer i for document c as
+
+    Imp(N | c) = || T_i without N (h) - T_i(h) ||_2
+
+with T_i the sub-layer (FFN or attention) that N belongs to and the norm over
+all tokens of the document. :func:`score_batch` computes it for every neuron
+of every layer at once, from quantities the forward pass already produces:
+
+- ``ffn``: zeroing unit k removes the outer product a[:, k] W_down[:, k]^T, so
+  Imp_k = ||a[:, k]|| * ||W_down[:, k]|| exactly.
+- ``attn_v``: zeroing value dim (g, d) removes sum_h (P_h v[:, d]) W_o[:, h*D+d]^T
+  over the query heads h that read kv head g. Its Frobenius norm is computed
+  exactly from two small Gram matrices, so grouped-query attention is exact too.
+- ``attn_q`` / ``attn_k``: the paper measures the change of the attention
+  probabilities, Imp_k = || softmax(S - Delta_k) - softmax(S) ||, where Delta_k
+  is the part of the scores that the zeroed dimension contributed. This needs a
+  ``[dims, T, T]`` tensor per head, so it is chunked under ``chunk_bytes``.
+
+Rotary embeddings: the default (``method="paper"``) is the *exact pre-RoPE*
+form. A neuron is a row of ``q_proj``/``k_proj``, and zeroing that row zeroes
+one input dimension of the rotation, which moves the rotated dims k and its
+partner k +- rotary_dim/2. That is what :func:`langneurons.deactivate` does
+too, so the score measures the intervention that is later applied. The
+released research code instead zeroes the post-RoPE dim k; ``method=
+"released_code"`` reproduces it for comparison (see below).
+
+``method="released_code"`` (method.md section 3), for comparison only:
+
+- ffn: sum over tokens of |x W_up| (no gate, no W_down);
+- attn_q / attn_k: the *squared* change of the attention probabilities after
+  zeroing the post-RoPE dim, with Delta = q_k k_k^T not divided by sqrt(d);
+  grouped-query heads are mapped correctly (the released code's ``k // 4`` is not
+  reproduced);
+- attn_v: sum over tokens of |P V| before W_o (summed over the query heads of the
+  kv group).
+
+Every score is accumulated in float32 whatever the model's dtype; padded
+tokens contribute nothing on either padding side; per-layer results stay on the
+layer's device until the end of the batch, so models dispatched with
+``device_map="auto"`` need no per-token host transfer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from accelerate.utils import align_module_device
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from langneurons.architectures import (
+    ATTENTION_SITES,
+    SITES,
+    Architecture,
+    Dimensions,
+    dimensions,
+    get_architecture,
+    get_submodule,
+    weight_out_in,
+)
+
+Method = Literal["paper", "released_code"]
+METHODS: tuple[str, ...] = ("paper", "released_code")
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+_IMPLEMENTATION = "langneurons_plnd"
+_NEG = torch.finfo(torch.float32).min
+
+
+class NonFiniteScoreError(FloatingPointError):
+    """A score came out NaN or infinite (usually NaN/inf weights or activations)."""
+
+
+@dataclass
+class _Batch:
+    """What every layer needs to know about the batch being scored."""
+
+    valid: torch.Tensor  # [B, T] bool, on the CPU
+    positions: list[torch.Tensor]  # per document, indices of its tokens
+    sites: tuple[str, ...]
+    method: str
+    chunk_bytes: int
+    scores: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
+    _device_cache: dict = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The validity mask and token positions on ``device``, moved once per device."""
+        if device not in self._device_cache:
+            self._device_cache[device] = (
+                self.valid.to(device),
+                [p.to(device) for p in self.positions],
+            )
+        return self._device_cache[device]
+
+
+@dataclass
+class _AttentionLayer:
+    layer: int
+    module: nn.Module
+    o_gram: torch.Tensor | None  # [KV, D, G, G] Gram matrices of W_o's columns per kv dim
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    bloom_qkv: torch.Tensor | None = None
+
+
+_ACTIVE: dict[int, tuple[_AttentionLayer, _Batch, Dimensions]] = {}
+
+
+def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+def _additive_mask(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """Any transformers attention mask as a float32 additive ``[B, 1|H, T, T]`` bias."""
+    if mask is None:
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return torch.zeros(1, 1, length, length, device=device).masked_fill(~causal, _NEG)
+    mask = mask[..., -length:]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=device).masked_fill(~mask, _NEG)
+    return mask.float().clamp(min=_NEG)
+
+
+def _rope_split(
+    rotated: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split rotated vectors into the two rank-1 parts of each pre-RoPE dim.
+
+    Zeroing pre-RoPE dim j of a vector x (rotated: R x) removes R e_j x_j, where
+    R e_j = cos_j e_j + sign_j sin_j e_partner(j) (rotate_half convention). Returns
+    ``own, other, partner`` with ``own[..., j] = x_j cos_j``, ``other[..., j] =
+    x_j sign_j sin_j`` and the partner index, so the removed vector is
+    ``own e_j + other e_partner``. Dims beyond the rotary part are unrotated.
+    """
+    partner = torch.arange(head_dim, device=rotated.device)
+    if rope is None:
+        return rotated, torch.zeros_like(rotated), partner
+    cos, sin = rope
+    rotary_dim = cos.shape[-1]
+    half = rotary_dim // 2
+    partner[:rotary_dim] = torch.cat([partner[half:rotary_dim], partner[:half]])
+    sign = torch.ones(rotary_dim, device=rotated.device)
+    sign[half:] = -1
+    cos_full = torch.ones(*cos.shape[:-1], head_dim, device=rotated.device)
+    sin_signed = torch.zeros(*sin.shape[:-1], head_dim, device=rotated.device)
+    cos_full[..., :rotary_dim] = cos
+    sin_signed[..., :rotary_dim] = sin * sign
+    # R^T undoes the rotation: x_j = cos_j r_j + sign_j sin_j r_partner(j)
+    pre = cos_full * rotated + sin_signed * rotated[..., partner]
+    return pre * cos_full, pre * sin_signed, partner
+
+
+def _prob_change_sumsq(
+    raw: torch.Tensor,
+    bias: torch.Tensor,
+    probs: torch.Tensor,
+    head_of: torch.Tensor,
+    left: tuple[torch.Tensor, torch.Tensor],
+    right: tuple[torch.Tensor, torch.Tensor],
+    delta_scale: float,
+    softcap: float | None,
+    chunk_bytes: int,
+) -> torch.Tensor:
+    """Sum of squared changes of the attention probabilities, per removed dimension.
+
+    Dimension f (of ``F``) belongs to query head ``head_of[f]`` and removes
+    ``Delta_f[t, s] = left0[f, t] right0[f, s] + left1[f, t] right1[f, s]`` from
+    the pre-softcap scores ``raw`` ([H, n, n]), scaled by ``delta_scale``.
+    """
+    n_dims, n = left[0].shape
+    per_dim = max(1, 4 * n * n * 4)  # ~4 float32 [n, n] temporaries per dimension
+    chunk = max(1, min(n_dims, chunk_bytes // per_dim))
+    out = torch.empty(n_dims, device=raw.device)
+    per_head_bias = bias.shape[0] > 1
+    for start in range(0, n_dims, chunk):
+        stop = min(n_dims, start + chunk)
+        heads = head_of[start:stop]
+        delta = left[0][start:stop, :, None] * right[0][start:stop, None, :]
+        delta += left[1][start:stop, :, None] * right[1][start:stop, None, :]
+        scores = _softcap(raw[heads] - delta_scale * delta, softcap)
+        scores += bias[heads] if per_head_bias else bias
+        changed = torch.softmax(scores, dim=-1)
+        out[start:stop] = (changed - probs[heads]).square().sum(dim=(1, 2))
+    return out
+
+
+def _attention_scores(
+    state: _AttentionLayer,
+    batch: _Batch,
+    dims: Dimensions,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor,
+    scaling: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Score the attention sites of one layer; return the attention output ``[B, H, T, D]``.
+
+    ``query``: [B, H, T, D] and ``key``/``value``: [B, KV, T, D], after any rotary
+    embedding; ``bias``: float32 additive [B, 1|H, T, T] (mask and ALiBi).
+    """
+    group = dims.group_size
+    q = query.float()
+    k = key.float().repeat_interleave(group, dim=1)
+    v = value.float().repeat_interleave(group, dim=1)
+    raw = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    probs = torch.softmax(_softcap(raw, softcap) + bias, dim=-1)
+    mixed = torch.matmul(probs, v)  # [B, H, T, D]
+    output = torch.matmul(probs.to(query.dtype), value.repeat_interleave(group, dim=1))
+
+    valid, positions = batch.on(q.device)
+    released = batch.method == "released_code"
+    batch_size, n_heads, _, head_dim = q.shape
+    results: dict[str, torch.Tensor] = {}
+
+    if "attn_v" in batch.sites:
+        kept = mixed * valid[:, None, :, None]
+        if released:
+            per_head = kept.abs().sum(dim=2)  # [B, H, D]
+            results["attn_v"] = per_head.view(batch_size, dims.n_kv_heads, group, head_dim).sum(2).flatten(1)
+        else:
+            kept = kept.view(batch_size, dims.n_kv_heads, group, -1, head_dim)
+            gram_mixed = torch.einsum("bgitd,bgjtd->bgdij", kept, kept)
+            sumsq = (gram_mixed * state.o_gram.to(q.device)).sum(dim=(-1, -2))
+            results["attn_v"] = sumsq.clamp(min=0).sqrt().flatten(1)
+
+    wanted_qk = [s for s in ("attn_q", "attn_k") if s in batch.sites]
+    if wanted_qk:
+        per_doc = {s: [] for s in wanted_qk}
+        head_of = torch.arange(n_heads, device=q.device).repeat_interleave(head_dim)
+        delta_scale = 1.0 if released else scaling
+        for b in range(batch_size):
+            pos = positions[b]
+            raw_b = raw[b][:, pos][:, :, pos]
+            probs_b = probs[b][:, pos][:, :, pos]
+            bias_b = bias[b][:, pos][:, :, pos]
+            q_b, k_b = q[b][:, pos], k[b][:, pos]  # [H, n, D]
+            rope_b = None if released or state.rope is None else tuple(r[b][pos] for r in state.rope)
+            q_own, q_other, partner = _rope_split(q_b, rope_b, head_dim)
+            k_own, k_other, _ = _rope_split(k_b, rope_b, head_dim)
+            flat = lambda x: x.permute(0, 2, 1).reshape(n_heads * head_dim, -1)  # noqa: E731
+            common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes)
+            if "attn_q" in per_doc:
+                sumsq = _prob_change_sumsq(
+                    raw_b, bias_b, probs_b, head_of,
+                    left=(flat(q_own), flat(q_other)),
+                    right=(flat(k_b), flat(k_b[..., partner])),
+                    **common,
+                )
+                per_doc["attn_q"].append(sumsq)
+            if "attn_k" in per_doc:
+                sumsq = _prob_change_sumsq(
+                    raw_b, bias_b, probs_b, head_of,
+                    left=(flat(q_b), flat(q_b[..., partner])),
+                    right=(flat(k_own), flat(k_other)),
+                    **common,
+                )
+                per_doc["attn_k"].append(sumsq.view(dims.n_kv_heads, group, head_dim).sum(1).flatten())
+        for site, rows in per_doc.items():
+            stacked = torch.stack(rows)
+            results[site] = stacked if released else stacked.sqrt()
+
+    for site, tensor in results.items():
+        batch.scores[site][state.layer] = tensor
+    return output
+
+
+def _plnd_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
+    """AttentionInterface function: eager attention that scores the layer on the way."""
+    state, batch, dims = _ACTIVE[id(module)]
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    bias = _additive_mask(attention_mask, query.shape[0], key.shape[2], query.device)
+    output = _attention_scores(state, batch, dims, query, key, value, bias, scaling, softcap)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(_IMPLEMENTATION, _plnd_attention)
+AttentionMaskInterface.register(_IMPLEMENTATION, eager_mask)
+
+
+@contextmanager
+def _attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def _weight_statistic(module: nn.Module, statistic) -> torch.Tensor:
+    """A small float32 statistic of a module's ``[out, in]`` weight, computed once per batch.
+
+    Weights that accelerate offloaded (to CPU or disk) exist only during their
+    module's own forward, so they are brought to the execution device here.
+    """
+    with align_module_device(module):
+        return statistic(weight_out_in(module).float())
+
+
+def _column_gram(w: torch.Tensor) -> torch.Tensor:
+    """For W_o viewed as [out, KV, G, D]: Gram[g, d, i, j] = <W_o[:, (g,i,d)], W_o[:, (g,j,d)]>."""
+    return torch.einsum("ogid,ogjd->gdij", w, w)
+
+
+def _register_attention_capture(
+    stack: ExitStack, model: nn.Module, arch: Architecture, dims: Dimensions, batch: _Batch
+) -> None:
+    layers = get_submodule(model, arch.layers)
+    for index, block in enumerate(layers):
+        module = get_submodule(block, arch.attention)
+        o_gram = None
+        if "attn_v" in batch.sites and batch.method == "paper":
+            o_gram = _weight_statistic(
+                get_submodule(block, arch.o_proj),
+                lambda w: _column_gram(w.view(-1, dims.n_kv_heads, dims.group_size, dims.head_dim)),
+            )
+        state = _AttentionLayer(index, module, o_gram)
+        _ACTIVE[id(module)] = (state, batch, dims)
+        stack.callback(_ACTIVE.pop, id(module), None)
+        if arch.attention_capture == "interface":
+            if arch.rotary:
+
+                def keep_rope(mod, args, kwargs, state=state):
+                    state.rope = tuple(t.float() for t in kwargs["position_embeddings"])
+
+                handle = module.register_forward_pre_hook(keep_rope, with_kwargs=True)
+                stack.callback(handle.remove)
+        else:
+            _register_bloom_capture(stack, module, state, batch, dims)
+    if arch.attention_capture == "interface":
+        stack.enter_context(_attention_implementation(model, _IMPLEMENTATION))
+
+
+def _register_bloom_capture(
+    stack: ExitStack, module: nn.Module, state: _AttentionLayer, batch: _Batch, dims: Dimensions
+) -> None:
+    """BLOOM computes attention inline (ALiBi), so read its pieces through hooks."""
+
+    def keep_qkv(mod, args, output):
+        state.bloom_qkv = output
+
+    def score(mod, args, kwargs, output):
+        query, key, value = mod._reshape(state.bloom_qkv)
+        batch_size, n_heads, length, _ = query.shape
+        alibi = kwargs["alibi"].float().view(batch_size, n_heads, 1, -1)[..., -length:]
+        bias = _additive_mask(kwargs.get("attention_mask"), batch_size, length, query.device) + alibi
+        _attention_scores(state, batch, dims, query, key, value, bias, mod.inv_norm_factor, None)
+        state.bloom_qkv = None
+
+    for handle in (
+        module.query_key_value.register_forward_hook(keep_qkv),
+        module.register_forward_hook(score, with_kwargs=True),
+    ):
+        stack.callback(handle.remove)
+
+
+def _register_ffn_capture(stack: ExitStack, model: nn.Module, arch: Architecture, batch: _Batch) -> None:
+    layers = get_submodule(model, arch.layers)
+    for index, block in enumerate(layers):
+        if batch.method == "released_code":
+            up = get_submodule(block, arch.ffn_in)
+
+            def score_up(mod, args, output, layer=index):
+                valid, _ = batch.on(output.device)
+                projected = output.float().reshape(*valid.shape, -1)  # OPT flattens tokens
+                batch.scores["ffn"][layer] = (projected.abs() * valid[..., None]).sum(dim=1)
+
+            handle = up.register_forward_hook(score_up)
+        else:
+            down = get_submodule(block, arch.ffn_out)
+            column_norms = _weight_statistic(down, lambda w: w.norm(dim=0))
+
+            def score_down(mod, args, layer=index, column_norms=column_norms):
+                valid, _ = batch.on(args[0].device)
+                activation = args[0].float().reshape(*valid.shape, -1)  # OPT flattens tokens
+                norms = (activation * valid[..., None]).square().sum(dim=1).sqrt()
+                batch.scores["ffn"][layer] = norms * column_norms.to(activation.device)
+
+            handle = down.register_forward_pre_hook(score_down)
+        stack.callback(handle.remove)
+
+
+def _validate(sites: Sequence[str], method: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    unknown = [s for s in sites if s not in SITES]
+    if unknown or not sites:
+        raise ValueError(f"sites={list(sites)!r}: choose one or more of {', '.join(SITES)}")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; use 'paper' (the default) or 'released_code'")
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
+            "[batch, tokens]"
+        )
+    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"documents {empty} of the batch have no tokens (attention_mask is all zero); drop them")
+
+
+def score_batch(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sites: Sequence[str] = SITES,
+    method: Method = "paper",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> dict[str, torch.Tensor]:
+    """PLND importance of every neuron for every document of a padded batch.
+
+    Returns one float32 CPU tensor per requested site, shaped
+    ``[batch, n_layers, site_size]``. ``chunk_bytes`` bounds the memory of the
+    q/k probability-change work per chunk. Either padding side works; the
+    scores do not depend on it nor on the batch size. Raises
+    :class:`NonFiniteScoreError` if any score is NaN or infinite.
+    """
+    sites = tuple(sites)
+    _validate(sites, method, input_ids, attention_mask)
+    arch = get_architecture(model)
+    dims = dimensions(model)
+    valid = attention_mask.detach().to("cpu").bool()
+    batch = _Batch(
+        valid=valid,
+        positions=[row.nonzero().flatten() for row in valid],
+        sites=sites,
+        method=method,
+        chunk_bytes=int(chunk_bytes),
+        scores={site: [None] * dims.n_layers for site in sites},
+    )
+    device = model.get_input_embeddings().weight.device
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "use_cache": False}
+    accepted = inspect.signature(model.forward).parameters
+    if "position_ids" in accepted:
+        # Count positions from each document's first token, so left padding does not shift them.
+        inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
+    if "logits_to_keep" in accepted:
+        inputs["logits_to_keep"] = 1
+
+    with ExitStack() as stack, torch.no_grad():
+        if "ffn" in sites:
+            _register_ffn_capture(stack, model, arch, batch)
+        if any(s in ATTENTION_SITES for s in sites):
+            _register_attention_capture(stack, model, arch, dims, batch)
+        model(**inputs)
+
+    result = {}
+    for site in sites:
+        stacked = torch.stack([layer.to("cpu") for layer in batch.scores[site]], dim=1)
+        bad = ~torch.isfinite(stacked)
+        if bad.any():
+            layers = sorted(set(bad.nonzero()[:, 1].tolist()))
+            raise NonFiniteScoreError(
+                f"PLND scores of site {site!r} are NaN or infinite in layers {layers}: check the model's weights "
+                "and dtype (fp16 overflows are common; load in bfloat16 or float32)"
+            )
+        result[site] = stacked
+    return result

@@ -1,0 +1,142 @@
+"""Tiny random-init models, one per supported architecture (no download).
+
+Each config exercises what makes its family different: grouped-query
+attention, attention biases, logit soft-capping and sliding windows, partial
+rotary embeddings, fused projections, ALiBi.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 97
+SPECIAL_TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+HIDDEN = 32
+LAYERS = 3
+
+
+def _llama_like_kwargs() -> dict:
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        **SPECIAL_TOKENS,
+    )
+
+
+def _configs() -> dict:
+    return {
+        "llama": (LlamaForCausalLM, LlamaConfig(**_llama_like_kwargs())),
+        "mistral": (MistralForCausalLM, MistralConfig(**_llama_like_kwargs(), sliding_window=None)),
+        "qwen2": (Qwen2ForCausalLM, Qwen2Config(**_llama_like_kwargs(), use_sliding_window=False)),
+        "gemma2": (
+            Gemma2ForCausalLM,
+            Gemma2Config(
+                **_llama_like_kwargs(),
+                head_dim=16,
+                query_pre_attn_scalar=12,
+                attn_logit_softcapping=3.0,
+                final_logit_softcapping=30.0,
+                sliding_window=5,
+            ),
+        ),
+        "gpt2": (
+            GPT2LMHeadModel,
+            GPT2Config(**SPECIAL_TOKENS, vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, n_inner=48),
+        ),
+        "gpt_neox": (
+            GPTNeoXForCausalLM,
+            GPTNeoXConfig(
+                vocab_size=VOCAB,
+                hidden_size=HIDDEN,
+                num_hidden_layers=LAYERS,
+                num_attention_heads=4,
+                intermediate_size=48,
+                rotary_pct=0.5,
+                **SPECIAL_TOKENS,
+                max_position_embeddings=128,
+            ),
+        ),
+        "bloom": (BloomForCausalLM, BloomConfig(**SPECIAL_TOKENS, vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=4)),
+        "opt": (
+            OPTForCausalLM,
+            OPTConfig(
+                vocab_size=VOCAB,
+                hidden_size=HIDDEN,
+                num_hidden_layers=LAYERS,
+                num_attention_heads=4,
+                ffn_dim=48,
+                max_position_embeddings=128,
+                word_embed_proj_dim=HIDDEN,
+                **SPECIAL_TOKENS,
+            ),
+        ),
+    }
+
+
+ARCHITECTURE_NAMES: tuple[str, ...] = tuple(_configs())
+
+
+def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A tiny random-init model of family ``name``, in eval mode."""
+    model_class, config = _configs()[name]
+    torch.manual_seed(seed)
+    model = model_class(config).to(dtype)
+    # Random init leaves LayerNorm weights at 1 and biases at 0; perturb every
+    # parameter so that no term of the maths hides behind an identity.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model.eval()
+
+
+def random_batch(
+    batch: int, length: int, seed: int = 0, min_length: int | None = None, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and a padding mask of documents of different lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_length or max(2, length // 2), length + 1, (batch,), generator=gen)
+    lengths[0] = length
+    ids = torch.randint(3, VOCAB, (batch, length), generator=gen)
+    positions = torch.arange(length)
+    if padding_side == "right":
+        mask = positions[None, :] < lengths[:, None]
+    else:
+        mask = positions[None, :] >= (length - lengths)[:, None]
+    ids = torch.where(mask, ids, torch.zeros_like(ids))
+    return ids, mask.long()
+
+
+def to_padding_side(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-pad a batch to the given side, keeping every document's tokens."""
+    out_ids, out_mask = torch.zeros_like(ids), torch.zeros_like(mask)
+    for row in range(ids.shape[0]):
+        tokens = ids[row][mask[row].bool()]
+        n = tokens.numel()
+        if side == "right":
+            out_ids[row, :n], out_mask[row, :n] = tokens, 1
+        else:
+            out_ids[row, ids.shape[1] - n :], out_mask[row, ids.shape[1] - n :] = tokens, 1
+    return out_ids, out_mask

@@ -1,0 +1,117 @@
+import copy
+
+import pandas as pd
+import pytest
+import torch
+from models import ARCHITECTURE_NAMES, random_batch, tiny_model
+
+import langneurons
+from langneurons.architectures import SITES, NeuronIndexError, UnsupportedArchitectureError
+from langneurons.interventions import deactivate, zero_weights_
+
+
+def _sample_neurons(model, seed: int, per_site: int = 5) -> list[tuple[int, str, int]]:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = langneurons.site_sizes(model)
+    n_layers = model.config.num_hidden_layers
+    neurons = []
+    for site in SITES:
+        for _ in range(per_site):
+            layer = int(torch.randint(n_layers, (1,), generator=gen))
+            neurons.append((layer, site, int(torch.randint(sizes[site], (1,), generator=gen))))
+    return neurons
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_hooks_equal_zeroed_weights_and_are_removed(name):
+    model = tiny_model(name)
+    ids, mask = random_batch(3, 12, seed=1)
+    neurons = _sample_neurons(model, seed=2)
+    original = _logits(model, ids, mask)
+
+    reference = copy.deepcopy(model)
+    zero_weights_(reference, neurons)
+    expected = _logits(reference, ids, mask)
+    assert not torch.allclose(expected, original, atol=1e-4), "the sampled neurons must matter"
+
+    with deactivate(model, neurons):
+        hooked = _logits(model, ids, mask)
+    torch.testing.assert_close(hooked, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_logits(model, ids, mask), original, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom"])
+def test_each_site_alone_equals_zeroed_weights(name):
+    model = tiny_model(name)
+    ids, mask = random_batch(2, 10, seed=3)
+    for site in SITES:
+        size = langneurons.site_sizes(model)[site]
+        neurons = [(1, site, i) for i in range(0, size, 3)]
+        reference = copy.deepcopy(model)
+        zero_weights_(reference, neurons)
+        with deactivate(model, neurons):
+            hooked = _logits(model, ids, mask)
+        torch.testing.assert_close(hooked, _logits(reference, ids, mask), rtol=1e-4, atol=1e-5)
+
+
+def test_hooks_removed_when_block_raises():
+    model = tiny_model("llama")
+    ids, mask = random_batch(2, 8)
+    original = _logits(model, ids, mask)
+    with pytest.raises(RuntimeError, match="boom"):
+        with deactivate(model, [(0, "ffn", 1), (2, "attn_k", 3)]):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    torch.testing.assert_close(_logits(model, ids, mask), original, rtol=0, atol=0)
+
+
+def test_dataframe_input_equals_tuples():
+    model = tiny_model("qwen2")
+    ids, mask = random_batch(2, 8)
+    neurons = _sample_neurons(model, seed=5)
+    table = pd.DataFrame(neurons, columns=["layer", "site", "index"]).assign(language="fr")
+    with deactivate(model, neurons):
+        from_tuples = _logits(model, ids, mask)
+    with deactivate(model, table):
+        from_table = _logits(model, ids, mask)
+    torch.testing.assert_close(from_table, from_tuples, rtol=0, atol=0)
+
+
+def test_gradients_flow_through_hooks():
+    model = tiny_model("llama")
+    ids, mask = random_batch(2, 8)
+    with deactivate(model, [(0, "ffn", 1)]):
+        model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+    down = model.model.layers[0].mlp.down_proj.weight.grad
+    assert torch.all(down[:, 1] == 0) and down.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "neuron, message",
+    [
+        ((0, "ffn", 48), "index 48 of site 'ffn' is out of range"),
+        ((3, "ffn", 0), "layer 3 is out of range"),
+        ((0, "attn_k", 32), "index 32 of site 'attn_k'"),
+        ((0, "mlp", 0), "site 'mlp' is unknown"),
+        ((-1, "ffn", 0), "layer -1 is out of range"),
+    ],
+)
+def test_bad_neuron_addresses_are_named(neuron, message):
+    model = tiny_model("llama")
+    with pytest.raises(NeuronIndexError, match=message):
+        with deactivate(model, [neuron]):
+            pass
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_unknown_architecture_names_class_and_supported_ones():
+    class MyCustomForCausalLM(torch.nn.Module):
+        config = None
+
+    with pytest.raises(UnsupportedArchitectureError, match="MyCustomForCausalLM.*LlamaForCausalLM.*ARCHITECTURES"):
+        langneurons.site_sizes(MyCustomForCausalLM())
