@@ -45,14 +45,15 @@ layer's device until the end of the batch, so models dispatched with
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import nn
 from accelerate.utils import align_module_device
+from torch import nn
+from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -66,12 +67,16 @@ from langneurons.architectures import (
     get_submodule,
     weight_out_in,
 )
+from langneurons.selection import ActivationCounts
 
 Method = Literal["paper", "released_code"]
 METHODS: tuple[str, ...] = ("paper", "released_code")
-DEFAULT_CHUNK_BYTES = 256 * 2**20
+#: Memory for the q/k probability-change work of one chunk. Small on CPUs, so
+#: that a chunk stays in cache; large on accelerators, to amortise launches.
+DEFAULT_CHUNK_BYTES = {"cpu": 2 * 2**20, "accelerator": 256 * 2**20}
 _IMPLEMENTATION = "langneurons_plnd"
 _NEG = torch.finfo(torch.float32).min
+_ROW_BLOCK = 64
 
 
 class NonFiniteScoreError(FloatingPointError):
@@ -160,33 +165,42 @@ def _prob_change_sumsq(
     raw: torch.Tensor,
     bias: torch.Tensor,
     probs: torch.Tensor,
-    head_of: torch.Tensor,
-    left: tuple[torch.Tensor, torch.Tensor],
-    right: tuple[torch.Tensor, torch.Tensor],
+    left: torch.Tensor,
+    right: torch.Tensor,
     delta_scale: float,
     softcap: float | None,
     chunk_bytes: int,
 ) -> torch.Tensor:
-    """Sum of squared changes of the attention probabilities, per removed dimension.
+    """Sum of squared changes of one document's attention probabilities, per removed dimension.
 
-    Dimension f (of ``F``) belongs to query head ``head_of[f]`` and removes
-    ``Delta_f[t, s] = left0[f, t] right0[f, s] + left1[f, t] right1[f, s]`` from
-    the pre-softcap scores ``raw`` ([H, n, n]), scaled by ``delta_scale``.
+    ``raw``/``probs``: [H, n, n] pre-softcap scores and probabilities; ``bias``:
+    [1|H, n, n]. Dimension d of head h removes ``Delta[t, s] = left[h, d, t, :] .
+    right[h, d, :, s]`` (a rank-2 update: the dimension and its rotary partner),
+    scaled by ``delta_scale``. Returns [H, D].
     """
-    n_dims, n = left[0].shape
-    per_dim = max(1, 4 * n * n * 4)  # ~4 float32 [n, n] temporaries per dimension
-    chunk = max(1, min(n_dims, chunk_bytes // per_dim))
-    out = torch.empty(n_dims, device=raw.device)
-    per_head_bias = bias.shape[0] > 1
-    for start in range(0, n_dims, chunk):
-        stop = min(n_dims, start + chunk)
-        heads = head_of[start:stop]
-        delta = left[0][start:stop, :, None] * right[0][start:stop, None, :]
-        delta += left[1][start:stop, :, None] * right[1][start:stop, None, :]
-        scores = _softcap(raw[heads] - delta_scale * delta, softcap)
-        scores += bias[heads] if per_head_bias else bias
-        changed = torch.softmax(scores, dim=-1)
-        out[start:stop] = (changed - probs[heads]).square().sum(dim=(1, 2))
+    n_heads, n_dims, n, _ = left.shape
+    # ~3 float32 [row block, n] temporaries per dimension
+    chunk = max(1, min(n_dims, chunk_bytes // (3 * min(n, _ROW_BLOCK) * n * 4)))
+    # Attention is causal: query rows before t1 never see keys from t1 on, so
+    # row block [t0, t1) needs only key columns [0, t1): about 40% less work.
+    blocks = [(t0, min(n, t0 + _ROW_BLOCK)) for t0 in range(0, n, _ROW_BLOCK)]
+    out = torch.zeros(n_heads, n_dims, device=raw.device)
+    for head in range(n_heads):
+        head_bias = bias[head if bias.shape[0] > 1 else 0]
+        for start in range(0, n_dims, chunk):
+            dims_ = slice(start, min(n_dims, start + chunk))
+            for t0, t1 in blocks:
+                rows, cols = slice(t0, t1), slice(0, t1)
+                l, r = left[head, dims_, rows], right[head, dims_, :, cols]
+                if softcap is None:
+                    # one fused pass: logits - delta_scale * (left @ right)
+                    logits = raw[head, rows, cols] + head_bias[rows, cols]
+                    scores = torch.baddbmm(logits, l, r, alpha=-delta_scale)
+                else:
+                    delta = torch.bmm(l, r)
+                    scores = _softcap(raw[head, rows, cols] - delta_scale * delta, softcap) + head_bias[rows, cols]
+                changed = torch.softmax(scores, dim=-1).sub_(probs[head, rows, cols])
+                out[head, dims_] += changed.square_().sum(dim=(1, 2))
     return out
 
 
@@ -234,8 +248,8 @@ def _attention_scores(
     wanted_qk = [s for s in ("attn_q", "attn_k") if s in batch.sites]
     if wanted_qk:
         per_doc = {s: [] for s in wanted_qk}
-        head_of = torch.arange(n_heads, device=q.device).repeat_interleave(head_dim)
         delta_scale = 1.0 if released else scaling
+        common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes)
         for b in range(batch_size):
             pos = positions[b]
             raw_b = raw[b][:, pos][:, :, pos]
@@ -245,22 +259,17 @@ def _attention_scores(
             rope_b = None if released or state.rope is None else tuple(r[b][pos] for r in state.rope)
             q_own, q_other, partner = _rope_split(q_b, rope_b, head_dim)
             k_own, k_other, _ = _rope_split(k_b, rope_b, head_dim)
-            flat = lambda x: x.permute(0, 2, 1).reshape(n_heads * head_dim, -1)  # noqa: E731
-            common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes)
+            # [H, n, D] x 2 -> rows [H, D, n, 2] and columns [H, D, 2, n] of the rank-2 updates
+            rows = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 1, 3)  # noqa: E731
+            columns = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 3, 1)  # noqa: E731
             if "attn_q" in per_doc:
                 sumsq = _prob_change_sumsq(
-                    raw_b, bias_b, probs_b, head_of,
-                    left=(flat(q_own), flat(q_other)),
-                    right=(flat(k_b), flat(k_b[..., partner])),
-                    **common,
+                    raw_b, bias_b, probs_b, rows(q_own, q_other), columns(k_b, k_b[..., partner]), **common
                 )
-                per_doc["attn_q"].append(sumsq)
+                per_doc["attn_q"].append(sumsq.flatten())
             if "attn_k" in per_doc:
                 sumsq = _prob_change_sumsq(
-                    raw_b, bias_b, probs_b, head_of,
-                    left=(flat(q_b), flat(q_b[..., partner])),
-                    right=(flat(k_own), flat(k_other)),
-                    **common,
+                    raw_b, bias_b, probs_b, rows(q_b, q_b[..., partner]), columns(k_own, k_other), **common
                 )
                 per_doc["attn_k"].append(sumsq.view(dims.n_kv_heads, group, head_dim).sum(1).flatten())
         for site, rows in per_doc.items():
@@ -411,13 +420,14 @@ def score_batch(
     attention_mask: torch.Tensor,
     sites: Sequence[str] = SITES,
     method: Method = "paper",
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """PLND importance of every neuron for every document of a padded batch.
 
     Returns one float32 CPU tensor per requested site, shaped
     ``[batch, n_layers, site_size]``. ``chunk_bytes`` bounds the memory of the
-    q/k probability-change work per chunk. Either padding side works; the
+    q/k probability-change work per chunk (default: :data:`DEFAULT_CHUNK_BYTES`
+    for the model's device). Either padding side works; the
     scores do not depend on it nor on the batch size. Raises
     :class:`NonFiniteScoreError` if any score is NaN or infinite.
     """
@@ -425,6 +435,9 @@ def score_batch(
     _validate(sites, method, input_ids, attention_mask)
     arch = get_architecture(model)
     dims = dimensions(model)
+    device = model.get_input_embeddings().weight.device
+    if chunk_bytes is None:
+        chunk_bytes = DEFAULT_CHUNK_BYTES["cpu" if device.type in ("cpu", "meta") else "accelerator"]
     valid = attention_mask.detach().to("cpu").bool()
     batch = _Batch(
         valid=valid,
@@ -434,7 +447,6 @@ def score_batch(
         chunk_bytes=int(chunk_bytes),
         scores={site: [None] * dims.n_layers for site in sites},
     )
-    device = model.get_input_embeddings().weight.device
     inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "use_cache": False}
     accepted = inspect.signature(model.forward).parameters
     if "position_ids" in accepted:
@@ -462,3 +474,50 @@ def score_batch(
             )
         result[site] = stacked
     return result
+
+
+def score_documents(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    top_k: Mapping[str, float],
+    sites: Sequence[str] = SITES,
+    method: Method = "paper",
+    batch_size: int = 8,
+    max_length: int = 512,
+    chunk_bytes: int | None = None,
+    progress: bool = True,
+) -> ActivationCounts:
+    """Score documents in padded batches and count each neuron's top-k activations.
+
+    Documents are truncated to ``max_length`` tokens and batched by length
+    (longest first) so that little padding is scored; the counts do not depend
+    on the batching.
+    """
+    if batch_size < 1 or max_length < 2:
+        raise ValueError(f"batch_size={batch_size} and max_length={max_length} must be >= 1 and >= 2")
+    encoded = [
+        tokenizer(text, truncation=True, max_length=max_length, return_attention_mask=False)["input_ids"]
+        for text in texts
+    ]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"documents {empty[:10]} tokenize to nothing; filter empty texts before scoring")
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total: ActivationCounts | None = None
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="PLND scoring", unit="batch", disable=not progress):
+        rows = [encoded[i] for i in order[start : start + batch_size]]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        scores = score_batch(model, input_ids, attention_mask, sites=sites, method=method, chunk_bytes=chunk_bytes)
+        counts = ActivationCounts.from_scores(scores, top_k)
+        total = counts if total is None else total + counts
+    if total is None:
+        raise ValueError("no documents to score")
+    return total
