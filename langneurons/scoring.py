@@ -45,7 +45,7 @@ layer's device until the end of the batch, so models dispatched with
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -67,7 +67,6 @@ from langneurons.architectures import (
     get_submodule,
     weight_out_in,
 )
-from langneurons.selection import ActivationCounts
 
 Method = Literal["paper", "released_code"]
 METHODS: tuple[str, ...] = ("paper", "released_code")
@@ -191,13 +190,13 @@ def _prob_change_sumsq(
             dims_ = slice(start, min(n_dims, start + chunk))
             for t0, t1 in blocks:
                 rows, cols = slice(t0, t1), slice(0, t1)
-                l, r = left[head, dims_, rows], right[head, dims_, :, cols]
+                row_part, column_part = left[head, dims_, rows], right[head, dims_, :, cols]
                 if softcap is None:
                     # one fused pass: logits - delta_scale * (left @ right)
                     logits = raw[head, rows, cols] + head_bias[rows, cols]
-                    scores = torch.baddbmm(logits, l, r, alpha=-delta_scale)
+                    scores = torch.baddbmm(logits, row_part, column_part, alpha=-delta_scale)
                 else:
-                    delta = torch.bmm(l, r)
+                    delta = torch.bmm(row_part, column_part)
                     scores = _softcap(raw[head, rows, cols] - delta_scale * delta, softcap) + head_bias[rows, cols]
                 changed = torch.softmax(scores, dim=-1).sub_(probs[head, rows, cols])
                 out[head, dims_] += changed.square_().sum(dim=(1, 2))
@@ -480,22 +479,23 @@ def score_documents(
     model: nn.Module,
     tokenizer,
     texts: Sequence[str],
-    top_k: Mapping[str, float],
     sites: Sequence[str] = SITES,
     method: Method = "paper",
     batch_size: int = 8,
     max_length: int = 512,
     chunk_bytes: int | None = None,
     progress: bool = True,
-) -> ActivationCounts:
-    """Score documents in padded batches and count each neuron's top-k activations.
+) -> dict[str, torch.Tensor]:
+    """PLND scores of whole documents, ``{site: [n_docs, n_layers, site_size]}`` in input order.
 
     Documents are truncated to ``max_length`` tokens and batched by length
-    (longest first) so that little padding is scored; the counts do not depend
-    on the batching.
+    (longest first) so that little padding is scored; the scores do not
+    depend on the batching.
     """
     if batch_size < 1 or max_length < 2:
         raise ValueError(f"batch_size={batch_size} and max_length={max_length} must be >= 1 and >= 2")
+    if len(texts) == 0:
+        raise ValueError("no documents to score")
     encoded = [
         tokenizer(text, truncation=True, max_length=max_length, return_attention_mask=False)["input_ids"]
         for text in texts
@@ -505,7 +505,7 @@ def score_documents(
         raise ValueError(f"documents {empty[:10]} tokenize to nothing; filter empty texts before scoring")
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total: ActivationCounts | None = None
+    parts: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="PLND scoring", unit="batch", disable=not progress):
         rows = [encoded[i] for i in order[start : start + batch_size]]
@@ -516,8 +516,8 @@ def score_documents(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
         scores = score_batch(model, input_ids, attention_mask, sites=sites, method=method, chunk_bytes=chunk_bytes)
-        counts = ActivationCounts.from_scores(scores, top_k)
-        total = counts if total is None else total + counts
-    if total is None:
-        raise ValueError("no documents to score")
-    return total
+        for site in sites:
+            parts[site].append(scores[site])
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return {site: torch.cat(chunks)[inverse] for site, chunks in parts.items()}

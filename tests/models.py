@@ -64,7 +64,9 @@ def _configs() -> dict:
         ),
         "gpt2": (
             GPT2LMHeadModel,
-            GPT2Config(**SPECIAL_TOKENS, vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, n_inner=48),
+            GPT2Config(
+                **SPECIAL_TOKENS, vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, n_inner=48
+            ),
         ),
         "gpt_neox": (
             GPTNeoXForCausalLM,
@@ -79,7 +81,10 @@ def _configs() -> dict:
                 max_position_embeddings=128,
             ),
         ),
-        "bloom": (BloomForCausalLM, BloomConfig(**SPECIAL_TOKENS, vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=4)),
+        "bloom": (
+            BloomForCausalLM,
+            BloomConfig(**SPECIAL_TOKENS, vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=4),
+        ),
         "opt": (
             OPTForCausalLM,
             OPTConfig(

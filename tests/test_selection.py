@@ -80,7 +80,7 @@ def test_neuron_sets_follow_set_algebra():
     table = neuron_sets({lang: _counts_from_sets({"ffn": s}) for lang, s in active.items()}, rho=1.0)
     everyone = set.intersection(*active.values())
     for lang, own in active.items():
-        others = set.union(*(s for l, s in active.items() if l != lang))
+        others = set.union(*(s for other, s in active.items() if other != lang))
         rows = table[table["language"] == lang]
         got = {kind: set(rows[rows["set_kind"] == kind]["index"]) for kind in ("activated", "specific", "exclusive")}
         assert got == {"activated": own, "specific": own - everyone, "exclusive": own - others}
