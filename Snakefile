@@ -1,0 +1,30 @@
+# langneurons: language-specific neurons (PLND) and the MWork experiments, as one Snakemake DAG.
+#   snakemake --cores 2                                   # the offline demo, end to end
+#   snakemake --cores 2 --configfile configs/<preset>.yaml
+#   snakemake --profile profiles/slurm --configfile ...    # on a SLURM cluster
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from langneurons.steps.common import check_config
+
+min_version("9.0")
+
+
+configfile: Path(workflow.basedir) / "config.yaml"
+
+
+validate(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml", set_default=True)
+check_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/corpus.smk"
+include: "rules/demo_model.smk"
+include: "rules/scoring.smk"
+include: "rules/neurons.smk"
+
+
+rule all:
+    input:
+        final_outputs(),

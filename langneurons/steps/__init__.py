@@ -1,0 +1,1 @@
+"""One function per workflow rule; see :mod:`langneurons.steps.common`."""

@@ -1,0 +1,123 @@
+"""Shared pieces of the workflow steps: configuration checks and model loading.
+
+The ``langneurons.steps`` modules hold one function per Snakemake rule. Each
+rule's entry script in ``workflow_scripts/`` only unpacks
+``snakemake.input/params/output`` and calls it, so every step is testable
+without Snakemake; each rule lists the library modules its step uses as
+inputs, so that editing one reruns exactly the steps that use it.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from langneurons import corpora
+from langneurons.architectures import ARCHITECTURES, UnsupportedArchitectureError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ConfigError(ValueError):
+    """The workflow configuration is inconsistent."""
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Checks the JSON schema cannot express: languages the corpus source lacks, and so on."""
+    source = config["corpus"]["source"]
+    languages = list(config["languages"])
+    if len(set(languages)) != len(languages):
+        raise ConfigError(f"languages lists a language twice: {languages}")
+    available = corpora.available_languages(source)
+    if source["source"] == "demo" or available:
+        unknown = [lang for lang in languages if lang not in available]
+        if unknown:
+            raise ConfigError(
+                f"languages: {unknown} not available from corpus source {source['source']!r}; "
+                f"it has {', '.join(available)}. Remove them or configure a source that has them."
+            )
+    if config["model"]["demo"]:
+        demo_languages = config["model"]["demo_languages"]
+        unknown = [lang for lang in demo_languages if lang not in available]
+        if unknown:
+            raise ConfigError(
+                f"model.demo_languages: {unknown} not available from the demo corpus; it has {', '.join(available)}"
+            )
+        missing = [lang for lang in languages if lang not in demo_languages]
+        if missing:
+            raise ConfigError(
+                f"languages {missing} are not in model.demo_languages {demo_languages}: the demo model would "
+                "not know them. Add them to model.demo_languages (this retrains the demo model)."
+            )
+    elif not config["model"].get("id"):
+        raise ConfigError("model.id is empty while model.demo is false: set a hub id or a local path")
+
+
+def model_record(model_params: Mapping[str, Any], model_dir: str | None) -> dict[str, Any]:
+    """Which model a result comes from, for provenance."""
+    if model_params["demo"]:
+        return {"model": "demo", "path": model_dir}
+    return {"model": model_params["id"], "revision": model_params.get("revision")}
+
+
+def load_model(
+    reference: str | os.PathLike,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device_map: str | dict | None = None,
+):
+    """Load a causal LM and its tokenizer from a hub id or a local path.
+
+    The architecture is checked from the config before any weight is loaded,
+    so an unsupported model fails in seconds, not after a 100 GB download.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype is {dtype!r}; use one of {', '.join(DTYPES)}")
+    config = AutoConfig.from_pretrained(reference, revision=revision)
+    names = list(getattr(config, "architectures", None) or [])
+    if names and not any(name in ARCHITECTURES for name in names):
+        raise UnsupportedArchitectureError(
+            f"model {str(reference)!r} is a {names[0]}, which is not in langneurons' architecture table; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}. Add an entry to langneurons.architectures.ARCHITECTURES."
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        reference, revision=revision, dtype=DTYPES[dtype], device_map=device_map
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reference, revision=revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_configured_model(model_params: Mapping[str, Any], model_dir: str | None):
+    """The model a workflow run analyses: the demo model it trained, or the configured one."""
+    reference = model_dir if model_params["demo"] else model_params["id"]
+    revision = None if model_params["demo"] else model_params.get("revision")
+    return load_model(reference, revision, model_params["dtype"], model_params.get("device_map"))
+
+
+@contextmanager
+def logged(log_paths: Sequence[str]) -> Iterator[None]:
+    """Send a step's output (progress bars, warnings, its traceback) to its Snakemake log."""
+    if not log_paths:
+        yield
+        return
+    path = Path(log_paths[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc()
+            raise
