@@ -1,0 +1,985 @@
+"""Targeted fine-tuning: train only one language's neurons (paper §6.3, issue #6).
+
+The paper's practical payoff is that updating only specific(L), with about 400
+documents of language L, improves L without hurting the other languages. A
+neuron ``(layer, site, index)`` owns exactly the weights that deactivating it
+zeroes (see :func:`langneurons.interventions.zero_weights_`):
+
+- ``ffn``: row k of the up (and gate) projection, entry k of their biases, and
+  column k of the down projection;
+- ``attn_q`` / ``attn_k`` / ``attn_v``: row k (and bias entry k) of the query,
+  key or value projection; fused projections (GPT-2 ``c_attn``, GPT-NeoX and
+  BLOOM ``query_key_value``) by output row via
+  :func:`langneurons.architectures.projection_columns`. Key/value indices are
+  kv-dimensions, so grouped-query attention needs no special case.
+
+How the update stays inside the mask, exactly (bit-identical outside it):
+
+1. Only the parameters that hold neuron slices get ``requires_grad``; every
+   other parameter is frozen and never reaches the optimiser.
+2. A gradient hook on each trainable parameter replaces its gradient by one
+   that is exactly ``0.0`` outside the neuron slices (``index_copy_`` into a
+   zero tensor, not a multiplication: ``inf * 0`` would be NaN).
+3. The optimiser is ``torch.optim.AdamW`` with ``weight_decay=0``. Its state
+   starts at zero, so outside the mask ``exp_avg`` and ``exp_avg_sq`` stay
+   exactly zero and the update ``exp_avg / (sqrt(exp_avg_sq) + eps)`` is
+   exactly ``0 / eps = 0``; adding ``-0.0`` leaves every float bit-identical.
+   Gradient clipping only rescales, and a non-finite gradient norm (which
+   would turn those zeros into NaN) stops training with an error.
+4. Decoupled weight decay, which AdamW would apply to *every* entry of a
+   trainable parameter, is applied by hand to the neuron slices only, just
+   before each step, with the scheduled learning rate of that step; this is
+   exactly AdamW's ``p *= 1 - lr * weight_decay`` restricted to the mask.
+
+Baselines, all with the same documents, order and token budget: a random
+neuron subset of the same size per (layer, site) (:func:`random_control`),
+full fine-tuning, LoRA through ``peft`` on the same projection modules, and no
+fine-tuning. Evaluation lives in ``langneurons.evaluation``; this module only
+trains and saves artefacts:
+
+- targeted / random: a sparse safetensors file with only the changed rows or
+  columns and their indices (:func:`save_sparse_delta`,
+  :func:`apply_sparse_delta`);
+- full: the whole model via ``save_pretrained``;
+- LoRA: the peft adapter via ``save_pretrained``;
+- every method: ``record.json`` (method, target language, trainable
+  parameters, documents, tokens, steps, wall time, final loss, provenance).
+
+Every training function changes the model it is given in place: pass a fresh
+copy of the base model to each method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from langneurons.architectures import (
+    SITES,
+    dimensions,
+    get_architecture,
+    get_submodule,
+    projection_columns,
+    projection_path,
+)
+from langneurons.architectures import (
+    site_sizes as model_site_sizes,
+)
+from langneurons.interventions import group_neurons
+from langneurons.io import atomic_dir, atomic_path, provenance, write_json_atomic
+
+__all__ = [
+    "METHODS",
+    "FinetuneConfig",
+    "FinetuneError",
+    "FinetuneResult",
+    "ParameterSlice",
+    "TrainingRecord",
+    "apply_sparse_delta",
+    "finetune",
+    "finetune_full",
+    "finetune_lora",
+    "finetune_neurons",
+    "load_sparse_delta",
+    "lora_target_modules",
+    "neuron_parameter_slices",
+    "no_finetune",
+    "random_control",
+    "save_result",
+    "save_sparse_delta",
+    "select_documents",
+    "tokenize_documents",
+]
+
+Method = Literal["targeted", "random", "full", "lora", "none"]
+METHODS: tuple[str, ...] = ("targeted", "random", "full", "lora", "none")
+SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
+SPARSE_DELTA_FORMAT = "langneurons.sparse_delta"
+SPARSE_DELTA_VERSION = "1"
+
+Documents = Sequence[str] | Sequence[Sequence[int]] | Sequence[torch.Tensor]
+
+
+class FinetuneError(ValueError):
+    """Bad fine-tuning input (config, documents, neurons, delta file) or a diverged run."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings shared by every method, so that baselines see the same budget.
+
+    Defaults follow the released setup (lr 2e-6, 1 epoch, batch 8 x 4
+    accumulation, cosine schedule, 400 documents). On small models the
+    learning rate needs a sweep (see docs/feasibility.md).
+    """
+
+    lr: float = 2e-6
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 4
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.0
+    max_length: int = 512
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_steps: int | None = None
+    n_docs: int = 400
+    max_grad_norm: float | None = 1.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive finite number; e.g. lr=2e-6"),
+            (self.epochs >= 1, "epochs", "must be >= 1; use method='none' for no training"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum", "must be >= 1 (1 = no accumulation)"),
+            (self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)"),
+            (self.max_length >= 2, "max_length", "must be >= 2 tokens (a next-token loss needs two)"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be None or >= 1"),
+            (self.n_docs >= 1, "n_docs", "must be >= 1; the paper uses 400"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be None or > 0"),
+            (all(0 <= b < 1 for b in self.adam_betas), "adam_betas", "must both be in [0, 1)"),
+            (self.adam_eps > 0, "adam_eps", "must be > 0 (it keeps masked-out updates at exactly 0/eps)"),
+            (self.lora_rank >= 1, "lora_rank", "must be >= 1"),
+            (self.lora_alpha > 0, "lora_alpha", "must be > 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
+        ]
+        for ok, name, fix in checks:
+            if not ok:
+                raise FinetuneError(f"FinetuneConfig.{name}={getattr(self, name)!r} is invalid: it {fix}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class TrainingRecord:
+    """What one fine-tuning run did; saved as ``record.json`` beside the artefact."""
+
+    method: str
+    target_language: str | None
+    base_model: str
+    trainable_params: int
+    n_docs: int
+    tokens: int
+    steps: int
+    wall_s: float
+    final_loss: float | None
+    losses: list[float] = field(default_factory=list)
+    n_neurons: int | None = None
+    neurons_per_site: dict[str, int] | None = None
+    control_seed: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ParameterSlice:
+    """The entries of one parameter that belong to the selected neurons.
+
+    ``dim`` is the axis of the parameter *as stored* (GPT-2's Conv1D stores
+    ``[in, out]``, so a neuron's output row is its dim-1 slice); ``index`` are
+    the sorted unique positions along it; ``initial`` are the base values of
+    those slices, kept to save only what changed.
+    """
+
+    name: str
+    dim: int
+    index: torch.Tensor
+    initial: torch.Tensor
+
+    @property
+    def n_entries(self) -> int:
+        return int(self.initial.numel())
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model (a ``PeftModel`` for LoRA), its record and what to save."""
+
+    model: nn.Module
+    record: TrainingRecord
+    slices: dict[str, ParameterSlice] | None = None
+    neurons: pd.DataFrame | None = None
+
+
+# --------------------------------------------------------------------------- neurons
+
+
+def _neuron_frame(neurons: Any) -> pd.DataFrame:
+    """Neurons as a DataFrame with layer/site/index, refusing mixed or empty sets."""
+    frame = (
+        neurons
+        if isinstance(neurons, pd.DataFrame)
+        else pd.DataFrame(list(neurons), columns=["layer", "site", "index"])
+    )
+    missing = {"layer", "site", "index"} - set(frame.columns)
+    if missing:
+        raise FinetuneError(f"neurons: the table lacks column(s) {sorted(missing)}; it needs layer, site, index")
+    if len(frame) == 0:
+        raise FinetuneError(
+            "neurons: the neuron set is empty, so nothing would be trained; pass a non-empty set "
+            "(filter the neuron table to one language and set_kind that has neurons) or use method='none'"
+        )
+    for column in ("language", "set_kind"):
+        if column in frame.columns and frame[column].nunique() > 1:
+            raise FinetuneError(
+                f"neurons: the table mixes {column}s {sorted(map(str, frame[column].unique()))}; "
+                f"filter it to one language and one set_kind before fine-tuning"
+            )
+    return frame
+
+
+def _group(model: nn.Module, neurons: Any) -> dict[tuple[int, str], torch.Tensor]:
+    try:
+        return group_neurons(model, _neuron_frame(neurons))
+    except FinetuneError:
+        raise
+    except ValueError as error:
+        raise FinetuneError(f"neurons: {error}") from error
+
+
+def _stored_axis(module: nn.Module, out_in_axis: int) -> int:
+    """Axis of the stored weight for an axis of the ``[out, in]`` view (Conv1D is transposed)."""
+    return 1 - out_in_axis if type(module).__name__ == "Conv1D" else out_in_axis
+
+
+def _neuron_entries(
+    model: nn.Module, groups: Mapping[tuple[int, str], torch.Tensor]
+) -> list[tuple[str, int, torch.Tensor]]:
+    """(parameter name, stored axis, positions) for every weight/bias slice the neurons own."""
+    arch = get_architecture(model)
+    dims = dimensions(model)
+    entries: list[tuple[str, int, torch.Tensor]] = []
+
+    def add(subpath: str, layer: int, out_in_axis: int, index: torch.Tensor, bias: bool) -> None:
+        path = f"{arch.layers}.{layer}.{subpath}"
+        module = get_submodule(model, path)
+        entries.append((f"{path}.weight", _stored_axis(module, out_in_axis), index))
+        if bias and getattr(module, "bias", None) is not None:
+            entries.append((f"{path}.bias", 0, index))
+
+    for (layer, site), index in groups.items():
+        if site == "ffn":
+            add(arch.ffn_in, layer, 0, index, bias=True)
+            if arch.ffn_gate is not None:
+                add(arch.ffn_gate, layer, 0, index, bias=True)
+            add(arch.ffn_out, layer, 1, index, bias=False)  # the down bias is per hidden dim, not per unit
+        else:
+            add(projection_path(arch, site), layer, 0, projection_columns(arch, dims, site, index), bias=True)
+    return entries
+
+
+def neuron_parameter_slices(model: nn.Module, neurons: Any) -> dict[str, ParameterSlice]:
+    """Map the neurons to the parameter slices they own, merged per parameter.
+
+    Fused q/k/v projections receive slices from several sites; they are merged
+    into one sorted index per parameter.
+    """
+    params = dict(model.named_parameters())
+    merged: dict[str, tuple[int, list[torch.Tensor]]] = {}
+    for name, dim, index in _neuron_entries(model, _group(model, neurons)):
+        if name not in params:
+            raise FinetuneError(f"parameter {name!r} from the architecture table is not in the model")
+        merged.setdefault(name, (dim, []))[1].append(index)
+    slices = {}
+    for name, (dim, parts) in merged.items():
+        index = torch.unique(torch.cat(parts)).to(params[name].device)
+        initial = params[name].detach().index_select(dim, index).clone()
+        slices[name] = ParameterSlice(name=name, dim=dim, index=index, initial=initial)
+    return slices
+
+
+def random_control(neurons_df: pd.DataFrame, site_sizes: Mapping[str, int], n_layers: int, seed: int) -> pd.DataFrame:
+    """A random neuron set with the same count per (layer, site), disjoint from ``neurons_df``.
+
+    Why: a gain (or damage) only says something about language neurons if a
+    set of the same size and layout, drawn from the *other* neurons, does not
+    show it. Draws are uniform without replacement from the complement of the
+    set within each (layer, site), with one seeded generator over the groups
+    in sorted order, so the same inputs always give the same control.
+    The result has the input's columns; ``set_kind`` becomes ``random`` and
+    the statistics columns are NaN.
+    """
+    frame = _neuron_frame(neurons_df)
+    generator = torch.Generator().manual_seed(int(seed))
+    parts = []
+    for (layer, site), rows in frame.groupby(["layer", "site"], sort=True):
+        layer = int(layer)
+        if site not in site_sizes:
+            raise FinetuneError(f"neurons: site {site!r} is not in site_sizes {sorted(site_sizes)}")
+        size = int(site_sizes[site])
+        if not 0 <= layer < n_layers:
+            raise FinetuneError(
+                f"neurons: layer {layer} is out of range 0..{n_layers - 1}; was the set found on another model?"
+            )
+        taken = torch.tensor(sorted(set(int(i) for i in rows["index"])), dtype=torch.long)
+        if taken.numel() and (taken.min() < 0 or taken.max() >= size):
+            raise FinetuneError(f"neurons: an index of layer {layer} site {site!r} is outside 0..{size - 1}")
+        free = torch.ones(size, dtype=torch.bool)
+        free[taken] = False
+        pool = free.nonzero().squeeze(1)
+        if pool.numel() < taken.numel():
+            raise FinetuneError(
+                f"neurons: layer {layer} site {site!r} holds {taken.numel()} of {size} neurons, so no disjoint "
+                f"random set of the same size exists; use a smaller set"
+            )
+        drawn = pool[torch.randperm(pool.numel(), generator=generator)[: taken.numel()]].sort().values
+        parts.append(pd.DataFrame({"layer": layer, "site": site, "index": drawn.numpy()}))
+    control = pd.concat(parts, ignore_index=True)
+    for column in frame.columns:
+        if column in ("layer", "site", "index"):
+            continue
+        if column == "set_kind":
+            control[column] = "random"
+        elif column == "language":
+            control[column] = frame[column].iloc[0]
+        else:
+            control[column] = float("nan")
+    control = control[list(frame.columns)]
+    return control.astype({"layer": frame["layer"].dtype, "index": frame["index"].dtype})
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def select_documents(texts: Sequence[Any], n_docs: int) -> list[Any]:
+    """The first ``n_docs`` documents of the language's ``finetune`` split.
+
+    Taking a prefix (the split is already a seeded draw) gives every method the
+    same documents. Too few documents is an error, not a silent shortfall.
+    """
+    texts = list(texts)
+    if len(texts) < n_docs:
+        raise FinetuneError(
+            f"documents: {len(texts)} given but FinetuneConfig.n_docs={n_docs}; "
+            f"lower n_docs or enlarge the finetune split"
+        )
+    return texts[:n_docs]
+
+
+def tokenize_documents(texts: Sequence[str], tokenizer: Any, max_length: int) -> list[torch.Tensor]:
+    """Token ids per document, truncated to ``max_length`` (special tokens as the tokenizer adds them)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+    return [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
+
+
+def _prepare_documents(documents: Documents, config: FinetuneConfig, tokenizer: Any) -> list[torch.Tensor]:
+    chosen = select_documents(documents, config.n_docs)
+    if chosen and isinstance(chosen[0], str):
+        if tokenizer is None:
+            raise FinetuneError("documents: texts were given without a tokenizer; pass tokenizer= or token ids")
+        tokens = tokenize_documents(chosen, tokenizer, config.max_length)
+    else:
+        tokens = [torch.as_tensor(doc, dtype=torch.long).flatten()[: config.max_length] for doc in chosen]
+    short = sum(int(t.numel() < 2) for t in tokens)
+    if short:
+        raise FinetuneError(
+            f"documents: {short} of {len(tokens)} documents have fewer than 2 tokens (no next-token target); "
+            f"filter empty documents out of the finetune split"
+        )
+    return tokens
+
+
+def _collate(docs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask."""
+    length = max(int(d.numel()) for d in docs)
+    ids = torch.full((len(docs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(docs), length), dtype=torch.long)
+    for row, doc in enumerate(docs):
+        ids[row, : doc.numel()] = doc
+        mask[row, : doc.numel()] = 1
+    return ids, mask
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class _TrainStats:
+    tokens: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _planned_steps(n_docs: int, config: FinetuneConfig) -> int:
+    micro_batches = math.ceil(n_docs / config.batch_size)
+    total = config.epochs * math.ceil(micro_batches / config.grad_accum)
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
+def _windows(n_docs: int, config: FinetuneConfig, epoch: int) -> Iterator[list[list[int]]]:
+    """Optimiser steps of one epoch, each a list of micro-batches of document positions."""
+    order = torch.randperm(n_docs, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).tolist()
+    micro = [order[i : i + config.batch_size] for i in range(0, n_docs, config.batch_size)]
+    for i in range(0, len(micro), config.grad_accum):
+        yield micro[i : i + config.grad_accum]
+
+
+def _pad_id(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _loss_sum(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the non-padding targets.
+
+    Summing (and dividing by the tokens of the whole accumulation window)
+    makes a step independent of how the window is split into micro-batches.
+    """
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+@contextmanager
+def _training_mode(model: nn.Module, seed: int) -> Iterator[None]:
+    """Train mode and a seeded, forked RNG (dropout) for the block; restores both after."""
+    was_training = model.training
+    device = _model_device(model)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model.train()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, total: int):
+    from transformers import get_scheduler
+
+    warmup = round(config.warmup_ratio * total)
+    name = "constant_with_warmup" if config.schedule == "constant" and warmup else config.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def _train(
+    model: nn.Module,
+    docs: list[torch.Tensor],
+    config: FinetuneConfig,
+    *,
+    params: list[nn.Parameter],
+    weight_decay: float,
+    before_step: Callable[[float], None] | None,
+    desc: str,
+) -> _TrainStats:
+    """The loop every method shares: same documents, order, steps and token budget.
+
+    ``before_step(lr)`` runs after clipping and right before ``optimizer.step()``
+    with the scheduled learning rate of that step (targeted decay hooks in here).
+    """
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=weight_decay
+    )
+    total = _planned_steps(len(docs), config)
+    scheduler = _scheduler(optimizer, config, total)
+    device, pad_id = _model_device(model), _pad_id(model)
+    stats = _TrainStats()
+    bar = tqdm(total=total, desc=desc, disable=not config.progress, leave=False)
+    with _training_mode(model, config.seed):
+        for epoch in range(config.epochs):
+            for window in _windows(len(docs), config, epoch):
+                if stats.steps >= total:
+                    break
+                batches = [_collate([docs[i] for i in micro], pad_id) for micro in window]
+                n_targets = sum(int(mask[:, 1:].sum()) for _, mask in batches)
+                loss_total = 0.0
+                for ids, mask in batches:
+                    loss = _loss_sum(model, ids.to(device), mask.to(device)) / n_targets
+                    loss.backward()
+                    loss_total += float(loss.detach())
+                    stats.tokens += int(mask.sum())
+                _check_and_clip(params, config, stats.steps)
+                if before_step is not None:
+                    before_step(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats.steps += 1
+                stats.losses.append(loss_total)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_total:.4f}")
+    bar.close()
+    return stats
+
+
+def _check_and_clip(params: list[nn.Parameter], config: FinetuneConfig, step: int) -> None:
+    """Clip the gradient norm; refuse a non-finite one (it would spread NaN past the mask)."""
+    max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    if not torch.isfinite(norm):
+        raise FinetuneError(
+            f"the gradient norm became {float(norm)} at step {step}; training diverged. "
+            f"Lower FinetuneConfig.lr (now {config.lr}) or use float32"
+        )
+
+
+def _base_model_id(model: nn.Module) -> str:
+    return str(
+        getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    )
+
+
+def _record(
+    method: str,
+    model: nn.Module,
+    docs: list[torch.Tensor],
+    config: FinetuneConfig,
+    stats: _TrainStats,
+    wall_s: float,
+    trainable: int,
+    target_language: str | None,
+    base_model: str | None = None,
+    **extra: Any,
+) -> TrainingRecord:
+    return TrainingRecord(
+        method=method,
+        target_language=target_language,
+        base_model=base_model if base_model is not None else _base_model_id(model),
+        trainable_params=int(trainable),
+        n_docs=len(docs),
+        tokens=stats.tokens,
+        steps=stats.steps,
+        wall_s=round(wall_s, 3),
+        final_loss=stats.losses[-1] if stats.losses else None,
+        losses=stats.losses,
+        config=config.to_dict(),
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _mask_gradient(slice_: ParameterSlice) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A gradient hook keeping only the neuron slices; everything else becomes exactly 0.0."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        kept = grad.index_select(slice_.dim, slice_.index)
+        return torch.zeros_like(grad).index_copy_(slice_.dim, slice_.index, kept)
+
+    return hook
+
+
+def _decay_slices(params: Mapping[str, nn.Parameter], slices: Mapping[str, ParameterSlice], weight_decay: float):
+    """AdamW's decoupled decay ``p *= 1 - lr * wd``, applied to the neuron slices only."""
+
+    def before_step(lr: float) -> None:
+        if weight_decay == 0:
+            return
+        with torch.no_grad():
+            for name, s in slices.items():
+                param = params[name]
+                param.index_copy_(s.dim, s.index, param.index_select(s.dim, s.index) * (1 - lr * weight_decay))
+
+    return before_step
+
+
+@contextmanager
+def _only_slices_trainable(model: nn.Module, slices: Mapping[str, ParameterSlice]) -> Iterator[dict[str, nn.Parameter]]:
+    """Freeze everything but the sliced parameters and hook their gradients; undo on exit."""
+    params = dict(model.named_parameters())
+    flags = {name: p.requires_grad for name, p in params.items()}
+    handles = []
+    try:
+        for name, param in params.items():
+            param.requires_grad_(name in slices)
+        for name, s in slices.items():
+            handles.append(params[name].register_hook(_mask_gradient(s)))
+        yield {name: params[name] for name in slices}
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, param in params.items():
+            param.requires_grad_(flags[name])
+            param.grad = None
+
+
+def finetune_neurons(
+    model: nn.Module,
+    documents: Documents,
+    neurons: Any,
+    config: FinetuneConfig,
+    *,
+    method: str = "targeted",
+    target_language: str | None = None,
+    tokenizer: Any = None,
+    control_seed: int | None = None,
+) -> FinetuneResult:
+    """Fine-tune only the weights owned by ``neurons`` (in place); all else stays bit-identical.
+
+    ``neurons``: ``(layer, site, index)`` tuples or a neuron table filtered to
+    one language and set kind. ``method`` only labels the record (``targeted``
+    for specific(L), ``random`` for a :func:`random_control` set).
+    """
+    frame = _neuron_frame(neurons)
+    slices = neuron_parameter_slices(model, frame)
+    docs = _prepare_documents(documents, config, tokenizer)
+    start = time.perf_counter()
+    with _only_slices_trainable(model, slices) as params:
+        stats = _train(
+            model,
+            docs,
+            config,
+            params=list(params.values()),
+            weight_decay=0.0,
+            before_step=_decay_slices(params, slices, config.weight_decay),
+            desc=f"finetune[{method}]",
+        )
+    per_site = frame.groupby("site").size().to_dict()
+    record = _record(
+        method,
+        model,
+        docs,
+        config,
+        stats,
+        time.perf_counter() - start,
+        trainable=sum(s.n_entries for s in slices.values()),
+        target_language=target_language,
+        n_neurons=len(frame),
+        neurons_per_site={str(k): int(v) for k, v in per_site.items()},
+        control_seed=control_seed,
+    )
+    return FinetuneResult(model=model, record=record, slices=slices, neurons=frame.reset_index(drop=True))
+
+
+def finetune_full(
+    model: nn.Module,
+    documents: Documents,
+    config: FinetuneConfig,
+    *,
+    target_language: str | None = None,
+    tokenizer: Any = None,
+) -> FinetuneResult:
+    """Baseline: every parameter trains (AdamW's own decoupled decay on all of them)."""
+    docs = _prepare_documents(documents, config, tokenizer)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    params = list(model.parameters())
+    start = time.perf_counter()
+    try:
+        for param in params:
+            param.requires_grad_(True)
+        stats = _train(
+            model,
+            docs,
+            config,
+            params=params,
+            weight_decay=config.weight_decay,
+            before_step=None,
+            desc="finetune[full]",
+        )
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+            param.grad = None
+    record = _record(
+        "full",
+        model,
+        docs,
+        config,
+        stats,
+        time.perf_counter() - start,
+        trainable=sum(p.numel() for p in params),
+        target_language=target_language,
+    )
+    return FinetuneResult(model=model, record=record)
+
+
+def lora_target_modules(model: nn.Module, sites: Sequence[str] = SITES) -> list[str]:
+    """The projection modules holding ``sites``, as layer-relative paths peft matches by suffix.
+
+    Layer-relative paths (``mlp.c_proj``, not ``c_proj``) keep GPT-2's
+    attention output projection, also named ``c_proj``, out of the targets.
+    """
+    arch = get_architecture(model)
+    targets: list[str] = []
+    for site in sites:
+        if site == "ffn":
+            paths = [arch.ffn_in, arch.ffn_gate, arch.ffn_out]
+        elif site in SITES:
+            paths = [projection_path(arch, site)]
+        else:
+            raise FinetuneError(f"sites: {site!r} is unknown; use some of {', '.join(SITES)}")
+        targets.extend(p for p in paths if p is not None and p not in targets)
+    return targets
+
+
+def finetune_lora(
+    model: nn.Module,
+    documents: Documents,
+    config: FinetuneConfig,
+    *,
+    sites: Sequence[str] = SITES,
+    target_language: str | None = None,
+    tokenizer: Any = None,
+) -> FinetuneResult:
+    """Baseline: LoRA (rank ``config.lora_rank``) on the projection modules of ``sites``.
+
+    Returns the ``PeftModel`` (unmerged); ``merge_and_unload()`` gives a plain model.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_target_modules(model, sites)
+    layer = get_submodule(model, get_architecture(model).layers)[0]
+    conv1d = any(type(get_submodule(layer, t)).__name__ == "Conv1D" for t in targets)
+    lora_config = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        fan_in_fan_out=conv1d,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    docs = _prepare_documents(documents, config, tokenizer)
+    base_model = _base_model_id(model)
+    was_training = model.training
+    peft_model = get_peft_model(model, lora_config)
+    peft_model.train(was_training)  # a new wrapper says "training"; keep the base model's mode (dropout)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    stats = _train(
+        peft_model,
+        docs,
+        config,
+        params=params,
+        weight_decay=config.weight_decay,
+        before_step=None,
+        desc="finetune[lora]",
+    )
+    for param in params:
+        param.grad = None
+    record = _record(
+        "lora",
+        peft_model,
+        docs,
+        config,
+        stats,
+        time.perf_counter() - start,
+        trainable=sum(p.numel() for p in params),
+        target_language=target_language,
+        base_model=base_model,
+    )
+    return FinetuneResult(model=peft_model, record=record)
+
+
+def no_finetune(
+    model: nn.Module,
+    documents: Documents,
+    config: FinetuneConfig,
+    *,
+    target_language: str | None = None,
+    tokenizer: Any = None,
+) -> FinetuneResult:
+    """Baseline: the base model unchanged, with a record of the documents it would have seen."""
+    docs = _prepare_documents(documents, config, tokenizer)
+    record = _record("none", model, docs, config, _TrainStats(), 0.0, trainable=0, target_language=target_language)
+    return FinetuneResult(model=model, record=record)
+
+
+def finetune(
+    model: nn.Module,
+    documents: Documents,
+    config: FinetuneConfig,
+    *,
+    method: Method,
+    neurons: Any = None,
+    target_language: str | None = None,
+    tokenizer: Any = None,
+    control_seed: int = 0,
+) -> FinetuneResult:
+    """Run one method on ``model`` (in place).
+
+    ``targeted`` trains ``neurons``; ``random`` trains :func:`random_control`
+    of ``neurons`` drawn with ``control_seed`` (the data order still follows
+    ``config.seed``, so controls with different seeds see identical batches);
+    ``lora`` targets the modules of the sites present in ``neurons`` (all
+    sites when none are given).
+    """
+    if method not in METHODS:
+        raise FinetuneError(f"method={method!r} is unknown; use one of {', '.join(METHODS)}")
+    kwargs = dict(target_language=target_language, tokenizer=tokenizer)
+    if method in ("targeted", "random"):
+        if neurons is None:
+            raise FinetuneError(f"neurons: method={method!r} needs the target neuron set (neurons=...)")
+        if method == "random":
+            neurons = random_control(
+                _neuron_frame(neurons), model_site_sizes(model), dimensions(model).n_layers, control_seed
+            )
+            return finetune_neurons(
+                model, documents, neurons, config, method=method, control_seed=control_seed, **kwargs
+            )
+        return finetune_neurons(model, documents, neurons, config, method=method, **kwargs)
+    if method == "full":
+        return finetune_full(model, documents, config, **kwargs)
+    if method == "lora":
+        sites = sorted(set(_neuron_frame(neurons)["site"]), key=SITES.index) if neurons is not None else SITES
+        return finetune_lora(model, documents, config, sites=sites, **kwargs)
+    return no_finetune(model, documents, config, **kwargs)
+
+
+# --------------------------------------------------------------------------- sparse delta
+
+
+def _changed_positions(param: torch.Tensor, s: ParameterSlice) -> torch.Tensor:
+    """Positions of the slice whose values differ from the base (bitwise, so NaN-safe)."""
+    current = param.detach().index_select(s.dim, s.index)
+    other = tuple(d for d in range(current.dim()) if d != s.dim)
+    same = (current == s.initial) | (torch.isnan(current) & torch.isnan(s.initial))
+    changed = ~same.all(dim=other) if other else ~same
+    return s.index[changed.to(s.index.device)]
+
+
+def save_sparse_delta(
+    model: nn.Module, slices: Mapping[str, ParameterSlice], path: str | Path, *, metadata: Mapping[str, Any]
+) -> Path:
+    """Save only the changed neuron rows/columns with their positions, atomically.
+
+    Tensors per parameter, in its stored layout: ``{name}.rows`` (positions
+    along dim 0) or ``{name}.columns`` (dim 1) as int64, and ``{name}.values``
+    (the fine-tuned slices, replaced rather than added, so applying is exact).
+    Safetensors metadata holds the format, base model id, method and the
+    training record as JSON.
+    """
+    from safetensors.torch import save_file
+
+    params = dict(model.named_parameters())
+    tensors: dict[str, torch.Tensor] = {}
+    for name, s in slices.items():
+        index = _changed_positions(params[name], s)
+        if index.numel() == 0:
+            continue
+        key = "rows" if s.dim == 0 else "columns"
+        tensors[f"{name}.{key}"] = index.detach().cpu().to(torch.int64).contiguous()
+        tensors[f"{name}.values"] = params[name].detach().index_select(s.dim, index).cpu().contiguous()
+    header = {"format": SPARSE_DELTA_FORMAT, "format_version": SPARSE_DELTA_VERSION}
+    header.update(
+        {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}
+    )
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return Path(path)
+
+
+def load_sparse_delta(path: str | Path) -> tuple[dict[str, tuple[int, torch.Tensor, torch.Tensor]], dict[str, str]]:
+    """Read a sparse delta: ``{param: (dim, positions, values)}`` and the metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    if metadata.get("format") != SPARSE_DELTA_FORMAT:
+        raise FinetuneError(f"{path}: not a langneurons sparse delta (format={metadata.get('format')!r})")
+    delta: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        for suffix, dim in ((".rows", 0), (".columns", 1)):
+            if key.endswith(suffix):
+                name = key[: -len(suffix)]
+                if f"{name}.values" not in tensors:
+                    raise FinetuneError(f"{path}: {key} has no matching {name}.values")
+                delta[name] = (dim, tensor, tensors[f"{name}.values"])
+    return delta, metadata
+
+
+def apply_sparse_delta(model: nn.Module, path: str | Path) -> dict[str, str]:
+    """Write a saved sparse delta into ``model`` (in place); returns the file's metadata.
+
+    The positions' values are replaced, so a fresh base model becomes
+    bit-identical to the fine-tuned one. Shapes and positions are checked
+    before anything is written; a different recorded base model only warns,
+    since one model can be loaded under several names (hub id, local path).
+    """
+    delta, metadata = load_sparse_delta(path)
+    params = dict(model.named_parameters())
+    for name, (dim, index, values) in delta.items():
+        if name not in params:
+            raise FinetuneError(
+                f"{path}: parameter {name!r} is not in the model; was the delta made for another family?"
+            )
+        shape = list(params[name].shape)
+        expected = shape[:dim] + [index.numel()] + shape[dim + 1 :]
+        if list(values.shape) != expected or (index.numel() and (index.min() < 0 or index.max() >= shape[dim])):
+            raise FinetuneError(
+                f"{path}: {name} values {list(values.shape)} at {index.numel()} positions do not fit the "
+                f"parameter {shape}; was the delta made for another model size?"
+            )
+    recorded, current = metadata.get("base_model", ""), _base_model_id(model)
+    if recorded and current and recorded != current:
+        warnings.warn(f"sparse delta {path} was trained on {recorded!r}, applying it to {current!r}", stacklevel=2)
+    with torch.no_grad():
+        for name, (dim, index, values) in delta.items():
+            param = params[name]
+            param.index_copy_(dim, index.to(param.device), values.to(param.device, param.dtype))
+    return metadata
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_result(result: FinetuneResult, out_dir: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a run's artefact and ``record.json`` into ``out_dir`` (written atomically).
+
+    - targeted / random: ``delta.safetensors`` (sparse) and ``neurons.parquet``
+      (the trained set, so a random control can be audited);
+    - full: ``model/`` via ``save_pretrained`` (safetensors);
+    - lora: ``adapter/`` via the peft model's ``save_pretrained``;
+    - none: only the record.
+    """
+    record = result.record.to_dict()
+    with atomic_dir(out_dir) as tmp:
+        if record["method"] in ("targeted", "random"):
+            if result.slices is None:
+                raise FinetuneError("result has no neuron slices; it did not come from finetune_neurons")
+            meta = {k: record[k] for k in ("base_model", "method", "target_language", "n_neurons")}
+            save_sparse_delta(
+                result.model, result.slices, tmp / "delta.safetensors", metadata={**meta, "record": record}
+            )
+            if result.neurons is not None:
+                result.neurons.to_parquet(tmp / "neurons.parquet", index=False)
+        elif record["method"] == "full":
+            result.model.save_pretrained(tmp / "model")
+        elif record["method"] == "lora":
+            result.model.save_pretrained(tmp / "adapter")
+        write_json_atomic(provenance(record["config"], record=record, **dict(extra or {})), tmp / "record.json")
+    return Path(out_dir)

@@ -1,0 +1,249 @@
+"""Targeted fine-tuning: exact masking, sparse deltas, controls, baselines, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+from models import VOCAB, tiny_model
+
+from langneurons.architectures import dimensions, site_sizes
+from langneurons.finetuning import (
+    FinetuneConfig,
+    FinetuneError,
+    apply_sparse_delta,
+    finetune,
+    finetune_full,
+    finetune_lora,
+    finetune_neurons,
+    load_sparse_delta,
+    random_control,
+    save_result,
+)
+from langneurons.interventions import zero_weights_
+
+FAST = dict(lr=1e-2, batch_size=4, grad_accum=2, epochs=2, n_docs=12, max_length=24, progress=False)
+
+
+def _docs(n: int = 12, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (int(torch.randint(4, 20, (1,), generator=gen)),), generator=gen) for _ in range(n)]
+
+
+def _neurons(model: torch.nn.Module) -> pd.DataFrame:
+    """A set touching every site of every layer, incl. the last kv dim (GQA)."""
+    dims = dimensions(model)
+    picks = {
+        "ffn": [1, 7, dims.intermediate_size - 1],
+        "attn_q": [0, dims.head_dim + 3, dims.site_size("attn_q") - 1],
+        "attn_k": [2, dims.site_size("attn_k") - 1],
+        "attn_v": [dims.head_dim, dims.site_size("attn_v") - 1],
+    }
+    rows = [(layer, site, i) for layer in range(dims.n_layers) for site, idx in picks.items() for i in idx]
+    frame = pd.DataFrame(rows, columns=["layer", "site", "index"])
+    return frame.assign(language="sw", set_kind="specific", frequency=1.0, mean_importance=0.5)
+
+
+def _reference_mask(model: torch.nn.Module, neurons: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """Which entries the neurons own, by the definition (zero_weights_), independently of finetuning.py."""
+    ones = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in ones.parameters():
+            param.fill_(1.0)
+    zero_weights_(ones, neurons)
+    return {name: param == 0 for name, param in ones.named_parameters()}
+
+
+def _logits(model: torch.nn.Module, seed: int = 5) -> torch.Tensor:
+    ids = torch.randint(3, VOCAB, (2, 10), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "gpt_neox", "qwen2", "opt", "gemma2"])
+def test_only_neuron_weights_change_bit_identical(name: str) -> None:
+    model = tiny_model(name)
+    base = copy.deepcopy(model)
+    neurons = _neurons(model)
+    config = FinetuneConfig(**FAST, weight_decay=0.1, schedule="linear", warmup_ratio=0.25)
+    result = finetune(model, _docs(), config, method="targeted", neurons=neurons, target_language="sw")
+
+    mask = _reference_mask(base, neurons)
+    base_params = dict(base.named_parameters())
+    changed_inside = 0
+    for pname, param in model.named_parameters():
+        outside = ~mask[pname]
+        assert torch.equal(param[outside], base_params[pname][outside]), f"{pname} moved outside the mask"
+        changed_inside += int((param[mask[pname]] != base_params[pname][mask[pname]]).sum())
+        assert param.grad is None and param.requires_grad, "training state was not restored"
+    assert changed_inside > 0
+    assert result.record.trainable_params == sum(int(m.sum()) for m in mask.values())
+    assert result.record.steps == 4 and result.record.final_loss is not None
+    assert not model.training
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom"])
+def test_sparse_delta_reproduces_fine_tuned_logits(name: str, tmp_path) -> None:
+    model = tiny_model(name)
+    result = finetune(
+        model,
+        _docs(),
+        FinetuneConfig(**FAST, weight_decay=0.01),
+        method="targeted",
+        neurons=_neurons(model),
+        target_language="sw",
+    )
+    out = save_result(result, tmp_path / "run")
+
+    fresh = tiny_model(name)
+    assert not torch.equal(_logits(fresh), _logits(model))
+    metadata = apply_sparse_delta(fresh, out / "delta.safetensors")
+    assert torch.equal(_logits(fresh), _logits(model))
+    for (pname, a), b in zip(fresh.named_parameters(), model.parameters()):
+        assert torch.equal(a, b), pname
+    assert metadata["method"] == "targeted" and json.loads(metadata["record"])["target_language"] == "sw"
+
+    delta, _ = load_sparse_delta(out / "delta.safetensors")
+    assert sum(values.numel() for _, _, values in delta.values()) <= result.record.trainable_params
+    record = json.loads((out / "record.json").read_text())["record"]
+    assert {
+        "method",
+        "target_language",
+        "trainable_params",
+        "n_docs",
+        "tokens",
+        "steps",
+        "wall_s",
+        "final_loss",
+    } <= set(record)
+    assert len(pd.read_parquet(out / "neurons.parquet")) == len(_neurons(model))
+
+
+def test_sparse_delta_refuses_another_family(tmp_path) -> None:
+    model = tiny_model("gpt2")
+    result = finetune(model, _docs(), FinetuneConfig(**FAST), method="targeted", neurons=_neurons(model))
+    out = save_result(result, tmp_path / "run")
+    with pytest.raises(FinetuneError, match="not in the model"):
+        apply_sparse_delta(tiny_model("llama"), out / "delta.safetensors")
+
+
+def test_random_control_same_layout_disjoint_seeded() -> None:
+    model = tiny_model("llama")
+    neurons = _neurons(model)
+    sizes, n_layers = site_sizes(model), dimensions(model).n_layers
+    control = random_control(neurons, sizes, n_layers, seed=3)
+
+    def counts(frame: pd.DataFrame) -> dict:
+        return frame.groupby(["layer", "site"]).size().to_dict()
+
+    assert counts(control) == counts(neurons)
+    keys = lambda f: set(zip(f["layer"], f["site"], f["index"]))  # noqa: E731
+    assert not keys(control) & keys(neurons)
+    assert list(control.columns) == list(neurons.columns) and set(control["set_kind"]) == {"random"}
+    assert control.equals(random_control(neurons, sizes, n_layers, seed=3))
+    assert keys(control) != keys(random_control(neurons, sizes, n_layers, seed=4))
+    full = pd.DataFrame({"layer": 0, "site": "attn_k", "index": range(sizes["attn_k"] // 2 + 1)})
+    with pytest.raises(FinetuneError, match="no disjoint random set"):
+        random_control(full, sizes, n_layers, seed=0)
+
+
+def _language(first: int, n_tokens: int, mult: int, n_docs: int, seed: int) -> list[torch.Tensor]:
+    """A synthetic 'language': its own token range and a mostly deterministic successor rule."""
+    gen = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n_docs):
+        x = [int(torch.randint(0, n_tokens, (1,), generator=gen))]
+        for _ in range(23):
+            noisy = float(torch.rand(1, generator=gen)) < 0.1
+            x.append(int(torch.randint(0, n_tokens, (1,), generator=gen)) if noisy else (mult * x[-1] + 1) % n_tokens)
+        docs.append(torch.tensor(x) + first)
+    return docs
+
+
+def _mean_loss(model: torch.nn.Module, docs: list[torch.Tensor]) -> float:
+    ids = torch.stack(docs)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1]
+    return float(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1)))
+
+
+def test_targeted_finetuning_lowers_target_language_loss() -> None:
+    lang_a = _language(3, 47, 5, 72, seed=1)
+    lang_b = _language(50, 47, 7, 72, seed=2)
+    model = tiny_model("llama")
+    mixed = [d for pair in zip(lang_a[:48], lang_b[:48]) for d in pair]
+    pretrain = FinetuneConfig(lr=3e-3, batch_size=8, grad_accum=1, n_docs=len(mixed), epochs=3, progress=False)
+    finetune_full(model, mixed, pretrain)  # a little structure in both languages
+
+    heldout_a = lang_a[60:]
+    before = _mean_loss(model, heldout_a)
+    neurons = [(layer, "ffn", i) for layer in range(3) for i in range(0, 48, 3)]
+    neurons += [(layer, "attn_v", i) for layer in range(3) for i in range(0, 16, 2)]
+    config = FinetuneConfig(lr=1e-2, batch_size=8, grad_accum=1, n_docs=48, epochs=2, progress=False)
+    result = finetune_neurons(model, lang_a[12:60], neurons, config, target_language="a")
+    assert _mean_loss(model, heldout_a) < before
+    assert result.record.losses[-1] < result.record.losses[0]
+
+
+def test_full_and_lora_baselines_change_model_and_lora_merges_consistently(tmp_path) -> None:
+    config = FinetuneConfig(**FAST, weight_decay=0.01, lora_rank=4)
+    neurons = _neurons(tiny_model("llama"))
+    records = {}
+    for method in ("targeted", "full", "lora", "none"):
+        model = tiny_model("llama")
+        result = finetune(model, _docs(), config, method=method, neurons=neurons)
+        records[method] = result.record
+        changed = not torch.equal(_logits(result.model), _logits(tiny_model("llama")))
+        assert changed == (method != "none"), method
+        out = save_result(result, tmp_path / method)
+        assert (out / "record.json").exists()
+    assert len({(r.n_docs, r.tokens) for r in records.values() if r.method != "none"}) == 1
+    assert records["none"].steps == 0 and records["none"].n_docs == records["full"].n_docs
+    assert records["lora"].trainable_params < records["full"].trainable_params
+    assert (tmp_path / "full" / "model" / "config.json").exists()
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").exists()
+
+    peft_model = finetune_lora(tiny_model("gpt2"), _docs(), config).model  # Conv1D: fan_in_fan_out
+    unmerged = _logits(peft_model)
+    merged = peft_model.merge_and_unload()
+    torch.testing.assert_close(_logits(merged), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_accumulation_split_does_not_change_the_step() -> None:
+    """Loss is summed over the window's tokens, so 1 x 4 and 2 x 2 micro-batches agree."""
+    neurons = _neurons(tiny_model("llama"))
+    models = []
+    for batch, accum in ((4, 1), (2, 2)):
+        model = tiny_model("llama")
+        config = FinetuneConfig(lr=1e-2, batch_size=batch, grad_accum=accum, n_docs=12, progress=False)
+        finetune(model, _docs(), config, method="targeted", neurons=neurons)
+        models.append(model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-4])
+def test_bad_learning_rate_names_the_field(lr: float) -> None:
+    with pytest.raises(FinetuneError, match=r"FinetuneConfig\.lr=.*positive"):
+        FinetuneConfig(lr=lr)
+
+
+def test_bad_neurons_name_the_field_and_fix() -> None:
+    model = tiny_model("llama")
+    config = FinetuneConfig(**FAST)
+    with pytest.raises(FinetuneError, match="neuron set is empty"):
+        finetune(model, _docs(), config, method="targeted", neurons=[])
+    with pytest.raises(FinetuneError, match=r"neurons: .*out of range.*0\.\.47"):
+        finetune(model, _docs(), config, method="targeted", neurons=[(0, "ffn", 48)])
+    with pytest.raises(FinetuneError, match="layer 3 is out of range"):
+        finetune(model, _docs(), config, method="targeted", neurons=[(3, "ffn", 0)])
+    mixed = pd.concat([_neurons(model), _neurons(model).assign(language="de")])
+    with pytest.raises(FinetuneError, match="filter it to one language"):
+        finetune(model, _docs(), config, method="random", neurons=mixed)
+    with pytest.raises(FinetuneError, match="n_docs"):
+        finetune(model, _docs(3), config, method="full")
+    with pytest.raises(FinetuneError, match="method="):
+        finetune(model, _docs(), config, method="sparse")  # type: ignore[arg-type]
