@@ -27,8 +27,8 @@ other language. The tokenizer sees the same weighting (English repeated).
 
 Training is seeded (Python, NumPy, torch, and a dedicated torch generator
 for the data) and runs in fp32, which is faster than bf16 autocast on the
-project's CPUs. It stops at ``max_steps`` or at ``max_seconds``, whichever
-comes first; the cosine schedule follows whichever of the two is closer to
+project's CPUs. It stops at ``max_steps`` or when ``max_seconds`` (tokenizer
+training plus model training) are used up, whichever comes first; the cosine schedule follows whichever of the two is closer to
 its end (see :func:`_schedule_progress`), so the model ends annealed either
 way. What stopped it, and for how many steps the clock led the schedule
 (0 means bit-reproducible), are recorded in ``training_log.json``.
@@ -230,20 +230,23 @@ def _sample_batch(
     return torch.stack(rows)
 
 
-def _schedule_progress(config: DemoModelConfig, step: int, elapsed: float) -> tuple[float, bool]:
-    """Progress through the cosine phase, and whether the time budget sets it.
+def _schedule_progress(config: DemoModelConfig, step: int, elapsed: float, budget: float | None) -> tuple[float, bool]:
+    """Progress through the cosine phase, and whether the clock sets it.
 
-    Progress is the larger of step progress (towards ``max_steps``) and time
-    progress (towards ``max_seconds``). On a machine fast enough to finish
-    ``max_steps`` in time, step progress always leads and training is
-    bit-reproducible; on a slow or busy one the schedule follows the clock,
-    so training still ends fully annealed when the time budget runs out
-    instead of being cut off at a high learning rate.
+    The schedule runs on an *effective step*: the larger of the real step and
+    the step the time budget allows, ``elapsed / budget * max_steps``
+    (``budget``: the part of ``max_seconds`` left after tokenizer training;
+    ``None``: no clock). On a machine fast enough to finish ``max_steps`` in
+    time the real step leads and training is bit-reproducible; on a slow or
+    busy one the clock leads, so training still ends fully annealed when the
+    budget runs out instead of being cut off at a high learning rate.
     """
+    effective = float(step)
+    if budget is not None:
+        effective = max(effective, elapsed / budget * config.max_steps)
     span = max(1, config.max_steps - config.warmup_steps)
-    by_steps = max(0.0, (step - config.warmup_steps) / span)
-    by_time = elapsed / config.max_seconds if config.max_seconds else 0.0
-    return min(1.0, max(by_steps, by_time)), by_time > by_steps
+    progress = min(1.0, max(0.0, (effective - config.warmup_steps) / span))
+    return progress, effective > step
 
 
 def _lr_factor(config: DemoModelConfig, progress: float, step: int) -> float:
@@ -365,14 +368,17 @@ def train_demo_model(
     losses: list[float] = []
     stopped_by, time_led_steps = "max_steps", 0
     t_train = time.perf_counter()
+    # max_seconds bounds tokenizer training + training; the schedule's clock
+    # starts here, so the tokenizer's time does not count as training progress.
+    budget = None if config.max_seconds is None else max(1e-6, config.max_seconds - (t_train - t_start))
     model.train()
     bar = tqdm(range(config.max_steps), desc="demo model", disable=not config.progress, dynamic_ncols=True)
     for step in bar:
         elapsed = time.perf_counter() - t_train
-        if config.max_seconds is not None and elapsed >= config.max_seconds:
+        if budget is not None and elapsed >= budget:
             stopped_by = "max_seconds"
             break
-        progress, time_led = _schedule_progress(config, step, elapsed)
+        progress, time_led = _schedule_progress(config, step, elapsed, budget)
         time_led_steps += int(time_led and step >= config.warmup_steps)
         lr = config.lr * _lr_factor(config, progress, step)
         for group in optimizer.param_groups:

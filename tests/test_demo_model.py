@@ -100,11 +100,12 @@ def test_refuses_leaky_inputs_and_leaves_no_output(corpus, tmp_path):
 
 def test_schedule_anneals_by_steps_or_by_time_whichever_leads():
     config = DemoModelConfig(max_steps=110, warmup_steps=10, max_seconds=100.0, min_lr_ratio=0.1)
-    assert _schedule_progress(config, 60, 10.0) == (0.5, False)  # fast machine: steps lead
-    assert _schedule_progress(config, 20, 50.0) == (0.5, True)  # slow machine: the clock leads
-    assert _schedule_progress(config, 30, 150.0) == (1.0, True)
+    assert _schedule_progress(config, 60, 10.0, 100.0) == (0.5, False)  # fast machine: steps lead
+    progress, time_led = _schedule_progress(config, 20, 60.0, 110.0)  # slow machine: the clock leads
+    assert progress == pytest.approx(0.5) and time_led
+    assert _schedule_progress(config, 30, 150.0, 100.0) == (1.0, True)
     assert _lr_factor(config, 0.0, 0) == pytest.approx(0.1)  # warmup
     assert _lr_factor(config, 0.0, 10) == pytest.approx(1.0)
     assert _lr_factor(config, 1.0, 50) == pytest.approx(0.1)  # fully annealed at the end
     no_clock = DemoModelConfig(max_steps=110, warmup_steps=10, max_seconds=None)
-    assert _schedule_progress(no_clock, 60, 1e9) == (0.5, False)
+    assert _schedule_progress(no_clock, 60, 1e9, None) == (0.5, False)
