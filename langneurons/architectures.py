@@ -108,7 +108,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_in="mlp.dense_h_to_4h",
         ffn_out="mlp.dense_4h_to_h",
         final_norm="gpt_neox.final_layer_norm",
-        unembedding="embed_out",
+        unembedding="lm_head",
         projection_layout="head_interleaved",
         rotary=True,
     ),

@@ -115,3 +115,30 @@ def test_unknown_architecture_names_class_and_supported_ones():
 
     with pytest.raises(UnsupportedArchitectureError, match="MyCustomForCausalLM.*LlamaForCausalLM.*ARCHITECTURES"):
         langneurons.site_sizes(MyCustomForCausalLM())
+
+
+def test_layer_stages_scale_with_depth_and_reject_overlap():
+    from langneurons.interventions import layer_stages
+
+    stages = layer_stages(32)
+    assert stages.count("understanding") == 8 and stages.count("generation") == 4
+    assert stages[:8] == ["understanding"] * 8 and stages[-4:] == ["generation"] * 4
+    assert layer_stages(6) == ["understanding", "understanding", "task", "task", "task", "generation"]
+    assert layer_stages(6, 1, 2) == ["understanding", "task", "task", "task", "generation", "generation"]
+    with pytest.raises(ValueError, match=r"stages.understanding=4 \+ stages.generation=2 .* 6-layer"):
+        layer_stages(6, 4, 2)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_every_table_path_resolves(name):
+    from langneurons.architectures import get_architecture, get_submodule
+
+    model = tiny_model(name)
+    arch = get_architecture(model)
+    assert get_submodule(model, arch.unembedding) is model.get_output_embeddings()
+    assert isinstance(get_submodule(model, arch.final_norm), torch.nn.Module)
+    block = get_submodule(model, arch.layers)[0]
+    for field in ("attention", "q_proj", "k_proj", "v_proj", "o_proj", "ffn_in", "ffn_out", "ffn_gate"):
+        path = getattr(arch, field)
+        if path is not None:
+            assert isinstance(get_submodule(block, path), torch.nn.Module), field
