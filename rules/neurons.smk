@@ -26,7 +26,7 @@ rule count_activations:
 rule neuron_sets:
     input:
         counts=expand(f"{RESULTS}/counts/{{language}}.safetensors", language=LANGUAGES),
-        code=library("selection.py", "io.py", "steps/neurons.py"),
+        code=library("selection.py", "interventions.py", "io.py", "steps/neurons.py"),
     output:
         neurons=f"{RESULTS}/neurons/neurons.parquet",
         summary=f"{RESULTS}/neurons/summary.parquet",
@@ -36,6 +36,7 @@ rule neuron_sets:
         languages=LANGUAGES,
         rho=config["selection"]["rho"],
         set_kinds=config["selection"]["set_kinds"],
+        stages=canonical(config["stages"]),
     log:
         f"{LOGS}/neurons.log",
     script:

@@ -6,6 +6,7 @@ with logged(snakemake.log):
         count_paths=dict(zip(snakemake.params.languages, snakemake.input.counts)),
         rho=snakemake.params.rho,
         set_kinds=snakemake.params.set_kinds,
+        stages=snakemake.params.stages,
         neurons_path=snakemake.output.neurons,
         summary_path=snakemake.output.summary,
         overlap_path=snakemake.output.overlap,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from langneurons.interventions import layer_stages
 from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
 from langneurons.selection import ActivationCounts, neuron_sets, set_summary
 from langneurons.steps.common import ConfigError
@@ -24,6 +25,7 @@ def neuron_sets_step(
     count_paths: Mapping[str, str],
     rho: float,
     set_kinds: Sequence[str],
+    stages: Mapping[str, int | None],
     neurons_path: str,
     summary_path: str,
     overlap_path: str,
@@ -35,12 +37,13 @@ def neuron_sets_step(
     sizes = {site: tensor.shape[1] for site, tensor in first.counts.items()}
     n_layers = next(iter(first.counts.values())).shape[0]
     summary, overlap = set_summary(table, sorted(per_language), sizes, n_layers)
+    summary["stage"] = summary["layer"].map(dict(enumerate(layer_stages(n_layers, **stages))))
     write_parquet_atomic(table, neurons_path)
     write_parquet_atomic(summary, summary_path)
     write_parquet_atomic(overlap, overlap_path)
     write_json_atomic(
         provenance(
-            {"rho": rho, "set_kinds": list(set_kinds)},
+            {"rho": rho, "set_kinds": list(set_kinds), "stages": dict(stages)},
             languages=sorted(per_language),
             n_docs={lang: c.n_docs for lang, c in per_language.items()},
             top_k=first.top_k,
