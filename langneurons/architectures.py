@@ -47,6 +47,12 @@ class Architecture:
     ``interface`` registers a transformers ``AttentionInterface`` function
     (every family whose attention goes through it), ``bloom`` reads BLOOM's
     fused projection and ALiBi bias through hooks.
+
+    ``ffn_act`` (gated families only) is the activation-function module applied
+    to the gate projection, ``act(x W_gate)``; LAPE counts a unit as active on a
+    token when that output is > 0. Non-gated families have no separate gate, so
+    their LAPE activation is the input of ``ffn_out`` (see
+    :func:`lape_activation_source`).
     """
 
     layers: str
@@ -60,6 +66,7 @@ class Architecture:
     final_norm: str
     unembedding: str
     ffn_gate: str | None = None
+    ffn_act: str | None = None
     projection_layout: ProjectionLayout = "separate"
     rotary: bool = False
     attention_capture: Literal["interface", "bloom"] = "interface"
@@ -77,6 +84,7 @@ _LLAMA_LIKE = Architecture(
     final_norm="model.norm",
     unembedding="lm_head",
     ffn_gate="mlp.gate_proj",
+    ffn_act="mlp.act_fn",
     rotary=True,
 )
 
@@ -155,6 +163,23 @@ def get_architecture(model: nn.Module) -> Architecture:
             f"projections, FFN in/out, final norm and unembedding) and one tiny test model "
             f"to tests/models.py."
         ) from None
+
+
+def lape_activation_source(arch: Architecture) -> tuple[str, Literal["output", "input"]]:
+    """Where LAPE reads a layer's FFN activation: ``(module path, "output" | "input")``.
+
+    Gated MLPs: the output of the gate's activation function (``ffn_act``).
+    Non-gated MLPs: the input of the down projection (``ffn_out``), which is
+    ``act(x W_in)`` there.
+    """
+    if arch.ffn_gate is not None:
+        if arch.ffn_act is None:
+            raise UnsupportedArchitectureError(
+                "this gated family has no ffn_act entry (the activation-function module applied to the gate "
+                "projection, e.g. 'mlp.act_fn'); add it to its Architecture entry to capture LAPE activations"
+            )
+        return arch.ffn_act, "output"
+    return arch.ffn_out, "input"
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:

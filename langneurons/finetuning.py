@@ -81,6 +81,8 @@ from langneurons.architectures import (
 )
 from langneurons.interventions import group_neurons
 from langneurons.io import atomic_dir, atomic_path, provenance, write_json_atomic
+from langneurons.selection import SelectionError
+from langneurons.selection import random_control as _random_control
 
 __all__ = [
     "METHODS",
@@ -320,53 +322,18 @@ def neuron_parameter_slices(model: nn.Module, neurons: Any) -> dict[str, Paramet
 
 
 def random_control(neurons_df: pd.DataFrame, site_sizes: Mapping[str, int], n_layers: int, seed: int) -> pd.DataFrame:
-    """A random neuron set with the same count per (layer, site), disjoint from ``neurons_df``.
+    """:func:`langneurons.selection.random_control` as fine-tuning uses it.
 
-    Why: a gain (or damage) only says something about language neurons if a
-    set of the same size and layout, drawn from the *other* neurons, does not
-    show it. Draws are uniform without replacement from the complement of the
-    set within each (layer, site), with one seeded generator over the groups
-    in sorted order, so the same inputs always give the same control.
-    The result has the input's columns; ``set_kind`` becomes ``random`` and
-    the statistics columns are NaN.
+    Same draw; the result keeps the input's columns exactly (no
+    ``control_seed`` column: the training record holds the seed), ``set_kind``
+    becomes ``random``, and bad input raises :class:`FinetuneError`.
     """
-    frame = _neuron_frame(neurons_df)
-    generator = torch.Generator().manual_seed(int(seed))
-    parts = []
-    for (layer, site), rows in frame.groupby(["layer", "site"], sort=True):
-        layer = int(layer)
-        if site not in site_sizes:
-            raise FinetuneError(f"neurons: site {site!r} is not in site_sizes {sorted(site_sizes)}")
-        size = int(site_sizes[site])
-        if not 0 <= layer < n_layers:
-            raise FinetuneError(
-                f"neurons: layer {layer} is out of range 0..{n_layers - 1}; was the set found on another model?"
-            )
-        taken = torch.tensor(sorted(set(int(i) for i in rows["index"])), dtype=torch.long)
-        if taken.numel() and (taken.min() < 0 or taken.max() >= size):
-            raise FinetuneError(f"neurons: an index of layer {layer} site {site!r} is outside 0..{size - 1}")
-        free = torch.ones(size, dtype=torch.bool)
-        free[taken] = False
-        pool = free.nonzero().squeeze(1)
-        if pool.numel() < taken.numel():
-            raise FinetuneError(
-                f"neurons: layer {layer} site {site!r} holds {taken.numel()} of {size} neurons, so no disjoint "
-                f"random set of the same size exists; use a smaller set"
-            )
-        drawn = pool[torch.randperm(pool.numel(), generator=generator)[: taken.numel()]].sort().values
-        parts.append(pd.DataFrame({"layer": layer, "site": site, "index": drawn.numpy()}))
-    control = pd.concat(parts, ignore_index=True)
-    for column in frame.columns:
-        if column in ("layer", "site", "index"):
-            continue
-        if column == "set_kind":
-            control[column] = "random"
-        elif column == "language":
-            control[column] = frame[column].iloc[0]
-        else:
-            control[column] = float("nan")
-    control = control[list(frame.columns)]
-    return control.astype({"layer": frame["layer"].dtype, "index": frame["index"].dtype})
+    try:
+        return _random_control(
+            _neuron_frame(neurons_df), site_sizes, n_layers, seed, set_kind="random", seed_column=None
+        )
+    except SelectionError as error:
+        raise FinetuneError(str(error)) from error
 
 
 # --------------------------------------------------------------------------- documents

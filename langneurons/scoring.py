@@ -36,6 +36,18 @@ released research code instead zeroes the post-RoPE dim k; ``method=
 - attn_v: sum over tokens of |P V| before W_o (summed over the query heads of the
   kv group).
 
+LAPE activation counts (Tang et al. 2024), from the same forward pass: ask
+for ``"ffn_active"`` and ``"n_tokens"`` next to (or instead of) the PLND sites.
+
+- ``ffn_active``: ``[batch, n_layers, intermediate_size]`` float32, the number of
+  the document's tokens on which the unit's activation is > 0. The activation
+  is ``act(x W_gate)`` for gated MLPs (the output of the family's ``ffn_act``
+  module) and the input of the down projection, ``act(x W_in)``, for non-gated
+  ones (:func:`langneurons.architectures.lape_activation_source`);
+- ``n_tokens``: ``[batch]`` int64, the document's (non-padding) token count.
+
+These are counts, not PLND sites: :data:`SITES` stays the four neuron sites.
+
 Every score is accumulated in float32 whatever the model's dtype; padded
 tokens contribute nothing on either padding side; per-layer results stay on the
 layer's device until the end of the batch, so models dispatched with
@@ -65,11 +77,14 @@ from langneurons.architectures import (
     dimensions,
     get_architecture,
     get_submodule,
+    lape_activation_source,
     weight_out_in,
 )
 
 Method = Literal["paper", "released_code"]
 METHODS: tuple[str, ...] = ("paper", "released_code")
+#: Per-document LAPE counts that ``score_batch`` returns when asked, next to the PLND sites.
+COUNT_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
 #: Memory for the q/k probability-change work of one chunk. Small on CPUs, so
 #: that a chunk stays in cache; large on accelerators, to amortise launches.
 DEFAULT_CHUNK_BYTES = {"cpu": 2 * 2**20, "accelerator": 256 * 2**20}
@@ -397,10 +412,38 @@ def _register_ffn_capture(stack: ExitStack, model: nn.Module, arch: Architecture
         stack.callback(handle.remove)
 
 
+def _register_active_capture(stack: ExitStack, model: nn.Module, arch: Architecture, batch: _Batch) -> None:
+    """Count, per document and FFN unit, the valid tokens whose LAPE activation is > 0."""
+    path, where = lape_activation_source(arch)
+    seen: set[int] = set()
+    for index, block in enumerate(get_submodule(model, arch.layers)):
+        module = get_submodule(block, path)
+        if id(module) in seen:
+            raise ValueError(
+                f"the module at {path!r} is shared between layers, so its hook cannot tell layers apart; "
+                "give every layer its own activation module to capture LAPE activations"
+            )
+        seen.add(id(module))
+
+        def count(activation: torch.Tensor, layer: int) -> None:
+            valid, _ = batch.on(activation.device)
+            active = (activation.reshape(*valid.shape, -1) > 0) & valid[..., None]  # OPT flattens tokens
+            batch.scores["ffn_active"][layer] = active.sum(dim=1).float()
+
+        if where == "output":
+            handle = module.register_forward_hook(lambda mod, args, output, layer=index: count(output, layer))
+        else:
+            handle = module.register_forward_pre_hook(lambda mod, args, layer=index: count(args[0], layer))
+        stack.callback(handle.remove)
+
+
 def _validate(sites: Sequence[str], method: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    unknown = [s for s in sites if s not in SITES]
+    unknown = [s for s in sites if s not in SITES + COUNT_OUTPUTS]
     if unknown or not sites:
-        raise ValueError(f"sites={list(sites)!r}: choose one or more of {', '.join(SITES)}")
+        raise ValueError(
+            f"sites={list(sites)!r}: choose one or more of {', '.join(SITES)} "
+            f"(and optionally the LAPE counts {', '.join(COUNT_OUTPUTS)})"
+        )
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use 'paper' (the default) or 'released_code'")
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
@@ -424,7 +467,10 @@ def score_batch(
     """PLND importance of every neuron for every document of a padded batch.
 
     Returns one float32 CPU tensor per requested site, shaped
-    ``[batch, n_layers, site_size]``. ``chunk_bytes`` bounds the memory of the
+    ``[batch, n_layers, site_size]``. ``sites`` may also name the LAPE counts
+    of :data:`COUNT_OUTPUTS`: ``ffn_active`` (float32 ``[batch, n_layers,
+    intermediate_size]`` counts of tokens with activation > 0) and ``n_tokens``
+    (int64 ``[batch]``), captured in the same forward pass. ``chunk_bytes`` bounds the memory of the
     q/k probability-change work per chunk (default: :data:`DEFAULT_CHUNK_BYTES`
     for the model's device). Either padding side works; the
     scores do not depend on it nor on the batch size. Raises
@@ -444,7 +490,7 @@ def score_batch(
         sites=sites,
         method=method,
         chunk_bytes=int(chunk_bytes),
-        scores={site: [None] * dims.n_layers for site in sites},
+        scores={site: [None] * dims.n_layers for site in sites if site != "n_tokens"},
     )
     inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "use_cache": False}
     accepted = inspect.signature(model.forward).parameters
@@ -459,10 +505,21 @@ def score_batch(
             _register_ffn_capture(stack, model, arch, batch)
         if any(s in ATTENTION_SITES for s in sites):
             _register_attention_capture(stack, model, arch, dims, batch)
+        if "ffn_active" in sites:
+            _register_active_capture(stack, model, arch, batch)
         model(**inputs)
 
     result = {}
     for site in sites:
+        if site == "n_tokens":
+            result[site] = valid.sum(dim=1)
+            continue
+        missing = [layer for layer, tensor in enumerate(batch.scores[site]) if tensor is None]
+        if missing:
+            raise RuntimeError(
+                f"{site!r} was not captured in layers {missing}: the model's forward did not run the hooked "
+                "modules; check its architecture entry"
+            )
         stacked = torch.stack([layer.to("cpu") for layer in batch.scores[site]], dim=1)
         bad = ~torch.isfinite(stacked)
         if bad.any():
@@ -487,6 +544,9 @@ def score_documents(
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """PLND scores of whole documents, ``{site: [n_docs, n_layers, site_size]}`` in input order.
+
+    ``sites`` may include the LAPE counts of :data:`COUNT_OUTPUTS` (see
+    :func:`score_batch`); ``n_tokens`` counts the tokens after truncation.
 
     Documents are truncated to ``max_length`` tokens and batched by length
     (longest first) so that little padding is scored; the scores do not

@@ -5,15 +5,32 @@ neurons of its (layer, site). Per language we keep, for every neuron, the
 number of documents in which it was activated (and the sum of its importance),
 so that shards can be summed and any consensus threshold rho applied later
 without rescoring. Everything here is vectorised over neurons.
+
+Also here, for the neuron-set library (issue #5):
+
+- :func:`random_control`: same-layout random sets drawn from the complement;
+- :func:`export_json` / :func:`import_json`: a versioned JSON form of a table;
+- :func:`export_lape` / :func:`import_lape`: the mask format of LAPE's reference
+  code (RUCAIBox/Language-Specific-Neurons), loaded with ``weights_only=True``;
+- :func:`set_stability`: split-half and subsample Jaccard of the sets, from
+  cached per-document scores;
+- :func:`lape_neurons`: the LAPE detector (Tang et al. 2024) from per-language
+  counts of active tokens (:func:`langneurons.scoring.score_batch` with
+  ``"ffn_active"`` and ``"n_tokens"``), storable in :class:`ActivationCounts`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +39,9 @@ from langneurons.architectures import SITES
 from langneurons.io import atomic_path
 
 SET_KINDS: tuple[str, ...] = ("activated", "specific", "exclusive")
+#: Per-document LAPE counts (``langneurons.scoring.COUNT_OUTPUTS``) that
+#: :meth:`ActivationCounts.from_scores` sums instead of ranking.
+LAPE_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
 NEURON_COLUMNS: tuple[str, ...] = ("language", "set_kind", "layer", "site", "index", "frequency", "mean_importance")
 
 
@@ -52,30 +72,58 @@ class ActivationCounts:
     """Per-neuron activation counts of one language over ``n_docs`` documents.
 
     ``counts[site]`` and ``importance_sum[site]`` are ``[layers, neurons]``.
+    Optionally, for LAPE, ``active_tokens["ffn"]`` (int64 ``[layers,
+    intermediate]``) counts the tokens on which each FFN unit's activation was
+    > 0, over ``n_tokens`` tokens in all; both are ``None`` when the scores
+    had no LAPE counts. They save, load and merge with the rest.
     """
 
     counts: dict[str, torch.Tensor]
     importance_sum: dict[str, torch.Tensor]
     n_docs: int
     top_k: dict[str, int]
+    active_tokens: dict[str, torch.Tensor] | None = None
+    n_tokens: int | None = None
 
     @classmethod
     def from_scores(cls, scores: Mapping[str, torch.Tensor], top_k: Mapping[str, float]) -> ActivationCounts:
+        """Counts from per-document scores ``{site: [docs, layers, neurons]}``.
+
+        LAPE counts in ``scores`` (``ffn_active`` ``[docs, layers, inter]`` and
+        ``n_tokens`` ``[docs]``, see :data:`LAPE_OUTPUTS`) are summed over the
+        documents into ``active_tokens`` / ``n_tokens``; they need no top-k.
+        """
         counts, importance, resolved = {}, {}, {}
         for site, tensor in scores.items():
+            if site in LAPE_OUTPUTS:
+                continue
             resolved[site] = resolve_top_k(top_k[site], tensor.shape[-1], site)
             counts[site] = top_k_mask(tensor, resolved[site]).sum(dim=0, dtype=torch.int64)
             importance[site] = tensor.double().sum(dim=0)
+        if ("ffn_active" in scores) != ("n_tokens" in scores):
+            raise SelectionError(
+                "LAPE counts need both 'ffn_active' and 'n_tokens' in the scores; score with "
+                "sites=(..., 'ffn_active', 'n_tokens')"
+            )
+        active, n_tokens = None, None
+        if "ffn_active" in scores:
+            active = {"ffn": scores["ffn_active"].double().sum(dim=0).round().to(torch.int64)}
+            n_tokens = int(scores["n_tokens"].sum())
         n_docs = next(iter(scores.values())).shape[0]
-        return cls(counts, importance, n_docs, resolved)
+        return cls(counts, importance, n_docs, resolved, active, n_tokens)
 
     @classmethod
     def empty_like(cls, other: ActivationCounts) -> ActivationCounts:
+        active = None
+        if other.active_tokens is not None:
+            active = {s: torch.zeros_like(t) for s, t in other.active_tokens.items()}
         return cls(
             {s: torch.zeros_like(t) for s, t in other.counts.items()},
             {s: torch.zeros_like(t) for s, t in other.importance_sum.items()},
             0,
             dict(other.top_k),
+            active,
+            None if other.n_tokens is None else 0,
         )
 
     def __add__(self, other: ActivationCounts) -> ActivationCounts:
@@ -83,12 +131,32 @@ class ActivationCounts:
             raise SelectionError(
                 f"cannot add activation counts made with different sites/top-k: {self.top_k} vs {other.top_k}"
             )
+        if (self.active_tokens is None) != (other.active_tokens is None):
+            raise SelectionError(
+                "cannot add activation counts with and without LAPE active-token counts; rescore the shards "
+                "without them with sites=(..., 'ffn_active', 'n_tokens')"
+            )
+        active, n_tokens = None, None
+        if self.active_tokens is not None:
+            active = {s: self.active_tokens[s] + other.active_tokens[s] for s in self.active_tokens}
+            n_tokens = self.n_tokens + other.n_tokens
         return ActivationCounts(
             {s: self.counts[s] + other.counts[s] for s in self.counts},
             {s: self.importance_sum[s] + other.importance_sum[s] for s in self.counts},
             self.n_docs + other.n_docs,
             dict(self.top_k),
+            active,
+            n_tokens,
         )
+
+    def activation_probability(self) -> torch.Tensor:
+        """LAPE's p(language, unit): active tokens / tokens, float64 ``[layers, intermediate]``."""
+        if self.active_tokens is None or not self.n_tokens:
+            raise SelectionError(
+                "these activation counts hold no LAPE active-token counts; score with "
+                "sites=(..., 'ffn_active', 'n_tokens') and count again"
+            )
+        return self.active_tokens["ffn"].double() / self.n_tokens
 
     def frequency(self, site: str) -> torch.Tensor:
         return self.counts[site].double() / self.n_docs
@@ -107,6 +175,9 @@ class ActivationCounts:
         tensors = {f"counts/{s}": t.contiguous() for s, t in self.counts.items()}
         tensors |= {f"importance_sum/{s}": t.contiguous() for s, t in self.importance_sum.items()}
         header = {"n_docs": str(self.n_docs), "top_k": json.dumps(self.top_k)}
+        if self.active_tokens is not None:
+            tensors |= {f"active_tokens/{s}": t.contiguous() for s, t in self.active_tokens.items()}
+            header["n_tokens"] = str(self.n_tokens)
         header["provenance"] = json.dumps(dict(metadata or {}), sort_keys=True, default=str)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
@@ -122,7 +193,13 @@ class ActivationCounts:
         tensors = load_file(str(path))
         counts = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("counts/")}
         importance = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("importance_sum/")}
-        return cls(counts, importance, int(header["n_docs"]), json.loads(header["top_k"]))
+        active = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("active_tokens/")}
+        n_tokens = int(header["n_tokens"]) if "n_tokens" in header else None
+        if bool(active) != (n_tokens is not None):
+            raise SelectionError(f"{path}: LAPE active-token counts and n_tokens must be stored together")
+        return cls(
+            counts, importance, int(header["n_docs"]), json.loads(header["top_k"]), active or None, n_tokens
+        )
 
 
 def merge_counts(shards: Iterable[ActivationCounts]) -> ActivationCounts:
@@ -134,6 +211,25 @@ def merge_counts(shards: Iterable[ActivationCounts]) -> ActivationCounts:
     for shard in shards:
         total = total + shard
     return total
+
+
+def _sites_of(per_language: Mapping[str, ActivationCounts]) -> list[str]:
+    return [s for s in SITES if s in next(iter(per_language.values())).counts]
+
+
+def _set_masks(per_language: Mapping[str, ActivationCounts], rho: float) -> dict[tuple[str, str, str], torch.Tensor]:
+    """``{(language, kind, site): bool [layers, neurons]}`` for every set kind."""
+    languages = sorted(per_language)
+    masks = {}
+    for site in _sites_of(per_language):
+        activated = torch.stack([per_language[lang].activated(site, rho) for lang in languages])
+        shared_by_all = activated.all(dim=0)
+        how_many = activated.sum(dim=0)
+        for i, lang in enumerate(languages):
+            masks[lang, "activated", site] = activated[i]
+            masks[lang, "specific", site] = activated[i] & ~shared_by_all
+            masks[lang, "exclusive", site] = activated[i] & (how_many == 1)
+    return masks
 
 
 def neuron_sets(
@@ -157,21 +253,13 @@ def neuron_sets(
             f"specific/exclusive sets need at least two languages, got {sorted(per_language)}; add languages"
         )
     languages = sorted(per_language)
-    sites = [s for s in SITES if s in per_language[languages[0]].counts]
+    masks = _set_masks(per_language, rho)
     frames = []
-    for site in sites:
-        activated = torch.stack([per_language[lang].activated(site, rho) for lang in languages])
-        shared_by_all = activated.all(dim=0)
-        how_many = activated.sum(dim=0)
-        for i, lang in enumerate(languages):
-            masks = {
-                "activated": activated[i],
-                "specific": activated[i] & ~shared_by_all,
-                "exclusive": activated[i] & (how_many == 1),
-            }
+    for site in _sites_of(per_language):
+        for lang in languages:
             counts = per_language[lang]
             for kind in kinds:
-                layer, index = masks[kind].nonzero(as_tuple=True)
+                layer, index = masks[lang, kind, site].nonzero(as_tuple=True)
                 frames.append(
                     pd.DataFrame(
                         {
@@ -218,3 +306,611 @@ def set_summary(
                 jaccard = len(sets[a] & sets[b]) / union if union else float("nan")
                 overlaps.append({"set_kind": kind, "language_a": a, "language_b": b, "jaccard": jaccard})
     return counts, pd.DataFrame(overlaps, columns=["set_kind", "language_a", "language_b", "jaccard"])
+
+
+# --------------------------------------------------------------------------- random controls
+
+
+def _stable_seed(*parts: object) -> int:
+    """A platform-independent 32-bit hash of ``parts`` (``hash()`` of str is salted per process)."""
+    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
+
+
+def random_control(
+    neurons: pd.DataFrame,
+    site_sizes: Mapping[str, int],
+    n_layers: int,
+    seed: int,
+    *,
+    set_kind: str | None = None,
+    seed_column: str | None = "control_seed",
+) -> pd.DataFrame:
+    """A random neuron set with the same count per (layer, site), disjoint from ``neurons``.
+
+    Why: an effect of ablating (or training) a language's neurons only says
+    something if a set of the same size and layout, drawn from the *other*
+    neurons, does not show it (method.md section 4). For every (language,
+    set_kind) group of the table (one group if those columns are absent) and
+    every (layer, site), as many distinct indices as the set holds there are
+    drawn uniformly without replacement from the indices *not* in that group's
+    set, by a ``numpy`` Generator seeded with ``(seed, hash(language, set_kind,
+    layer, site))``. So a control depends only on its own group and ``seed``,
+    never on which other groups the table holds or their order.
+
+    Returns the input's columns in order, rows sorted; ``language`` and
+    ``set_kind`` are kept (``set_kind`` is replaced when given), every other
+    column (frequency, mean_importance, ...) is NaN, and ``seed_column``
+    (default ``control_seed``; ``None`` for none) holds ``seed``. Raises
+    :class:`SelectionError` when a (layer, site) holds more than half of its
+    neurons, so that no disjoint set of the same size exists.
+    """
+    missing = {"layer", "site", "index"} - set(neurons.columns)
+    if missing:
+        raise SelectionError(f"neurons: the table lacks column(s) {sorted(missing)}; it needs layer, site, index")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SelectionError(f"seed={seed!r}: give a non-negative integer")
+    seed = int(seed)
+    group_columns = [c for c in ("language", "set_kind") if c in neurons.columns]
+    parts = []
+    groups = neurons.groupby(group_columns, sort=True, dropna=False) if group_columns else [((), neurons)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        labels = dict(zip(group_columns, key))
+        for (layer, site), rows in group.groupby(["layer", "site"], sort=True):
+            layer = int(layer)
+            if site not in site_sizes:
+                raise SelectionError(f"neurons: site {site!r} is not in site_sizes {sorted(site_sizes)}")
+            size = int(site_sizes[site])
+            if not 0 <= layer < n_layers:
+                raise SelectionError(
+                    f"neurons: layer {layer} is out of range 0..{n_layers - 1}; was the set found on another model?"
+                )
+            taken = np.unique(rows["index"].to_numpy(dtype=np.int64))
+            if taken.size and (taken[0] < 0 or taken[-1] >= size):
+                raise SelectionError(f"neurons: an index of layer {layer} site {site!r} is outside 0..{size - 1}")
+            free = np.ones(size, dtype=bool)
+            free[taken] = False
+            pool = np.flatnonzero(free)
+            if pool.size < taken.size:
+                raise SelectionError(
+                    f"neurons: {labels or 'the set'} holds {taken.size} of the {size} {site!r} neurons of layer "
+                    f"{layer}, so no disjoint random set of the same size exists (it needs at most {size // 2}); "
+                    "use a smaller set, or draw the control without the disjointness requirement elsewhere"
+                )
+            rng = np.random.default_rng([seed, _stable_seed(*key, layer, site)])
+            drawn = np.sort(pool[rng.permutation(pool.size)[: taken.size]])
+            parts.append(pd.DataFrame({**labels, "layer": layer, "site": site, "index": drawn}))
+    if parts:
+        control = pd.concat(parts, ignore_index=True)
+    else:
+        control = pd.DataFrame({c: neurons[c].iloc[:0] for c in (*group_columns, "layer", "site", "index")})
+    columns = list(neurons.columns)
+    if seed_column is not None and seed_column not in columns:
+        columns.append(seed_column)
+    for column in columns:
+        if column in ("layer", "site", "index", *group_columns):
+            continue
+        control[column] = seed if column == seed_column else float("nan")
+    if set_kind is not None:
+        control["set_kind"] = set_kind
+    control = control[columns].astype({"layer": neurons["layer"].dtype, "index": neurons["index"].dtype})
+    if seed_column is not None:
+        control = control.astype({seed_column: "int64"})
+    order = [c for c in ("language", "set_kind", "layer", "site", "index") if c in columns]
+    return control.sort_values(order, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+NEURONS_JSON_FORMAT = "langneurons.neurons"
+NEURONS_JSON_VERSION = 1
+
+
+def _json_cell(value: object, kind: str) -> object:
+    if kind == "f":
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if kind in "iu":
+        return int(value)
+    if kind == "b":
+        return bool(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if not isinstance(value, str):
+        raise SelectionError(
+            f"cannot export a cell of type {type(value).__name__}; JSON tables hold str/int/float/bool"
+        )
+    return value
+
+
+def export_json(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a neuron table as versioned JSON, atomically; :func:`import_json` reads it back exactly.
+
+    Structure (version 1)::
+
+        {"format": "langneurons.neurons", "version": 1,
+         "columns": [{"name": "language", "dtype": "str"}, {"name": "layer", "dtype": "int32"}, ...],
+         "neurons": [{"language": "fr", "set_kind": "specific", "layer": 3, "site": "ffn",
+                      "index": 117, "frequency": 1.0, "mean_importance": 0.42, ...}, ...]}
+
+    ``columns`` keeps the column order and pandas dtypes; each neuron is one
+    object with every column. Float NaN is written as ``null`` and infinities
+    as the strings ``"Infinity"``/``"-Infinity"`` (strict JSON has neither),
+    so that any JSON reader can parse the file. Columns must be str, int,
+    float or bool.
+    """
+    missing = {"layer", "site", "index"} - set(table.columns)
+    if missing:
+        raise SelectionError(f"the table lacks column(s) {sorted(missing)}; a neuron needs layer, site, index")
+    kinds = {c: table[c].dtype.kind for c in table.columns}
+    columns = [{"name": str(c), "dtype": str(table[c].dtype)} for c in table.columns]
+    records = [
+        {c: _json_cell(v, kinds[c]) for c, v in zip(table.columns, row)}
+        for row in table.itertuples(index=False, name=None)
+    ]
+    document = {"format": NEURONS_JSON_FORMAT, "version": NEURONS_JSON_VERSION, "columns": columns, "neurons": records}
+    text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def import_json(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`export_json`, with its column order and dtypes."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SelectionError(f"{path} is not valid JSON ({error}); was it written by export_json?") from error
+    if not isinstance(document, dict) or document.get("format") != NEURONS_JSON_FORMAT:
+        raise SelectionError(f"{path} is not a langneurons neuron table (no \"format\": \"{NEURONS_JSON_FORMAT}\")")
+    version = document.get("version")
+    if version != NEURONS_JSON_VERSION:
+        raise SelectionError(
+            f"{path} has version {version!r}; this langneurons reads version {NEURONS_JSON_VERSION}: upgrade it"
+        )
+    try:
+        names = [c["name"] for c in document["columns"]]
+        dtypes = [c["dtype"] for c in document["columns"]]
+        records = document["neurons"]
+    except (KeyError, TypeError) as error:
+        raise SelectionError(f"{path}: malformed 'columns' or 'neurons' ({error!r})") from error
+    for number, record in enumerate(records):
+        if not isinstance(record, dict) or set(record) != set(names):
+            raise SelectionError(f"{path}: neuron {number} does not have exactly the columns {names}")
+    data = {}
+    for name, dtype in zip(names, dtypes):
+        values = [r[name] for r in records]
+        try:
+            textual = dtype in ("str", "string", "object")
+            if not textual and np.dtype(dtype).kind == "f":
+                values = [float("nan") if v is None else float(v) for v in values]
+            data[name] = pd.Series(values, dtype=object).astype(dtype)
+        except (TypeError, ValueError) as error:
+            raise SelectionError(f"{path}: column {name!r} cannot be read as {dtype} ({error})") from error
+    table = pd.DataFrame(data, columns=names)
+    _check_addresses(table, str(path))
+    return table
+
+
+def _check_addresses(table: pd.DataFrame, where: str) -> None:
+    bad_sites = sorted(set(table["site"]) - set(SITES))
+    if bad_sites:
+        raise SelectionError(f"{where}: unknown site(s) {bad_sites}; sites are {', '.join(SITES)}")
+    if len(table) and (table["layer"].min() < 0 or table["index"].min() < 0):
+        raise SelectionError(f"{where}: layers and indices must be non-negative")
+
+
+# --------------------------------------------------------------------------- LAPE's mask format
+
+
+def export_lape(
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    languages: Sequence[str],
+    n_layers: int,
+    set_kind: str = "lape",
+    ffn_only: bool = False,
+) -> Path:
+    """Write one set kind of a table in LAPE's mask format, atomically.
+
+    The format of RUCAIBox/Language-Specific-Neurons (``identify.py`` writes
+    it, ``activation_mask`` readers use it): ``torch.save`` of a
+    ``List[List[LongTensor]]``, languages (in the order of ``languages``) x
+    layers (``n_layers``) x the sorted FFN unit indices of that language in
+    that layer. A language without neurons gets empty tensors. The format
+    holds FFN units only: a table with attention neurons in ``set_kind`` is
+    refused unless ``ffn_only=True`` drops them.
+    """
+    rows = table[table["set_kind"] == set_kind]
+    others = rows[rows["site"] != "ffn"]
+    if len(others) and not ffn_only:
+        raise SelectionError(
+            f"{len(others)} {set_kind!r} neurons are attention neurons, which LAPE's format cannot hold; "
+            "pass ffn_only=True to export only the FFN units"
+        )
+    rows = rows[rows["site"] == "ffn"]
+    unknown = sorted(set(rows["language"]) - set(languages))
+    if unknown:
+        raise SelectionError(
+            f"languages {unknown} have {set_kind!r} neurons but are not in languages={list(languages)}; "
+            "add them (the order is the file's language order) or filter the table"
+        )
+    if len(set(languages)) != len(languages):
+        raise SelectionError(f"languages={list(languages)} repeats a language")
+    if len(rows) and (rows["layer"].min() < 0 or rows["layer"].max() >= n_layers):
+        raise SelectionError(f"a {set_kind!r} neuron's layer is outside 0..{n_layers - 1}; check n_layers")
+    if len(rows) and rows["index"].min() < 0:
+        raise SelectionError("a neuron index is negative")
+    masks = []
+    for lang in languages:
+        own = rows[rows["language"] == lang]
+        by_layer = {int(layer): np.unique(g["index"].to_numpy(dtype=np.int64)) for layer, g in own.groupby("layer")}
+        masks.append(
+            [torch.from_numpy(by_layer.get(layer, np.zeros(0, dtype=np.int64))).long() for layer in range(n_layers)]
+        )
+    with atomic_path(path) as tmp:
+        torch.save(masks, tmp)
+    return Path(path)
+
+
+def import_lape(
+    path: str | os.PathLike,
+    languages: Sequence[str],
+    set_kind: str = "lape_import",
+    n_layers: int | None = None,
+    intermediate_size: int | None = None,
+) -> pd.DataFrame:
+    """Read a LAPE mask file (``List[List[LongTensor]]``) as a tidy neuron table.
+
+    The file is loaded only with ``torch.load(..., weights_only=True)`` (never
+    plain pickle), then checked: a list with one entry per name in
+    ``languages`` (the file stores no names; give them in the file's order),
+    each a list of ``n_layers`` (default: the first language's count) 1-D
+    integer tensors of distinct non-negative indices, below
+    ``intermediate_size`` when given. Returns :data:`NEURON_COLUMNS` with
+    ``site="ffn"`` and NaN frequency / mean_importance.
+    """
+    try:
+        masks = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise SelectionError(
+            f"{path} could not be loaded with torch.load(weights_only=True) ({str(error).splitlines()[0]}); "
+            "a LAPE mask file holds only nested lists of integer tensors: re-save it as "
+            "torch.save([[LongTensor per layer] per language], path)"
+        ) from error
+
+    def fail(what: str) -> SelectionError:
+        return SelectionError(
+            f"{path}: {what}. LAPE's format is a list (one entry per language) of lists (one per layer) of "
+            "1-D integer tensors of FFN unit indices; fix the file or the languages/n_layers you passed"
+        )
+
+    if not isinstance(masks, (list, tuple)):
+        raise fail(f"the top level is a {type(masks).__name__}, not a list of languages")
+    if len(masks) != len(languages):
+        raise fail(f"it holds {len(masks)} languages but languages={list(languages)} names {len(languages)}")
+    if len(set(languages)) != len(languages):
+        raise fail(f"languages={list(languages)} repeats a language")
+    frames = []
+    for lang, per_layer in zip(languages, masks):
+        if not isinstance(per_layer, (list, tuple)):
+            raise fail(f"language {lang!r} is a {type(per_layer).__name__}, not a list of layers")
+        if n_layers is None:
+            n_layers = len(per_layer)
+        if len(per_layer) != n_layers:
+            raise fail(f"language {lang!r} has {len(per_layer)} layers, expected {n_layers}")
+        for layer, indices in enumerate(per_layer):
+            where = f"language {lang!r} layer {layer}"
+            if not isinstance(indices, torch.Tensor):
+                raise fail(f"{where} is a {type(indices).__name__}, not a tensor")
+            if indices.dim() != 1:
+                raise fail(f"{where} is a {indices.dim()}-D tensor, not 1-D")
+            if indices.numel() == 0:
+                continue
+            if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+                raise fail(f"{where} has dtype {indices.dtype}, not an integer type")
+            values = indices.long()
+            if values.min() < 0:
+                raise fail(f"{where} has a negative index ({int(values.min())})")
+            if intermediate_size is not None and values.max() >= intermediate_size:
+                raise fail(f"{where} has index {int(values.max())} >= intermediate_size {intermediate_size}")
+            if values.unique().numel() != values.numel():
+                raise fail(f"{where} repeats an index")
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "language": lang,
+                        "set_kind": set_kind,
+                        "layer": np.int32(layer),
+                        "site": "ffn",
+                        "index": values.sort().values.numpy().astype("int32"),
+                        "frequency": float("nan"),
+                        "mean_importance": float("nan"),
+                    }
+                )
+            )
+    return _tidy(frames)
+
+
+def _tidy(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
+        empty = {c: pd.Series(dtype="str") for c in ("language", "set_kind", "site")}
+        empty |= {c: pd.Series(dtype="int32") for c in ("layer", "index")}
+        empty |= {c: pd.Series(dtype="float64") for c in ("frequency", "mean_importance")}
+        return pd.DataFrame(empty)[list(NEURON_COLUMNS)]
+    table = pd.concat(frames, ignore_index=True)[list(NEURON_COLUMNS)]
+    return table.sort_values(["language", "set_kind", "layer", "site", "index"], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- stability
+
+
+def stability_draws(
+    n_docs: Mapping[str, int],
+    n_docs_grid: Sequence[int | str] = (50, 100, 200, 400, "all"),
+    seed: int = 0,
+    replicates: int = 5,
+) -> list[dict]:
+    """The document subsets :func:`set_stability` compares, reproducibly.
+
+    Returns records ``{"kind", "replicate", "n_docs": {lang: n}, "a": {lang:
+    LongTensor}, "b": {lang: LongTensor or None}}``; ``b`` is ``None`` for
+    "the language's documents". ``halves``: per replicate, a random
+    permutation of each language's documents split into two disjoint halves of
+    ``n // 2``. ``subsample``: per grid size n and replicate, n documents of
+    every language drawn without replacement; sizes above the smallest
+    language's count are skipped, and ``"all"`` (one replicate) compares
+    all documents with themselves. Every draw has its own numpy Generator
+    seeded from (seed, kind, replicate, n, language).
+    """
+    if replicates < 1:
+        raise SelectionError(f"replicates={replicates}: give at least 1")
+    smallest = min(n_docs.values())
+    if smallest < 2:
+        raise SelectionError(f"every language needs at least 2 documents to split in halves; got {dict(n_docs)}")
+
+    def permutation(lang: str, *key: object) -> torch.Tensor:
+        rng = np.random.default_rng([seed, _stable_seed(lang, *key)])
+        return torch.from_numpy(rng.permutation(n_docs[lang])).long()
+
+    draws = []
+    for replicate in range(replicates):
+        a, b = {}, {}
+        for lang, total in n_docs.items():
+            order = permutation(lang, "halves", replicate)
+            a[lang], b[lang] = order[: total // 2], order[total // 2 : 2 * (total // 2)]
+        sizes = {lang: total // 2 for lang, total in n_docs.items()}
+        draws.append({"kind": "halves", "replicate": replicate, "n_docs": sizes, "a": a, "b": b})
+    for n in n_docs_grid:
+        if n == "all":
+            everything = {lang: torch.arange(total) for lang, total in n_docs.items()}
+            draws.append(
+                {
+                    "kind": "subsample",
+                    "replicate": 0,
+                    "n_docs": dict(n_docs),
+                    "a": everything,
+                    "b": dict.fromkeys(n_docs),
+                }
+            )
+            continue
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise SelectionError(f"n_docs_grid holds {n!r}: give document counts >= 1 or 'all'")
+        if n > smallest:
+            continue
+        for replicate in range(replicates):
+            a = {lang: permutation(lang, "subsample", replicate, int(n))[: int(n)] for lang in n_docs}
+            draws.append(
+                {
+                    "kind": "subsample",
+                    "replicate": replicate,
+                    "n_docs": dict.fromkeys(n_docs, int(n)),
+                    "a": a,
+                    "b": dict.fromkeys(n_docs),
+                }
+            )
+    return draws
+
+
+def set_stability(
+    scores_by_language: Mapping[str, Mapping[str, torch.Tensor]],
+    top_k: Mapping[str, float],
+    rho: float,
+    set_kind: str = "specific",
+    n_docs_grid: Sequence[int | str] = (50, 100, 200, 400, "all"),
+    seed: int = 0,
+    replicates: int = 5,
+) -> pd.DataFrame:
+    """How stable are the neuron sets under a change of detection documents?
+
+    From cached per-document PLND scores ``{lang: {site: [docs, layers,
+    neurons]}}`` (no rescoring), for each draw of :func:`stability_draws`:
+
+    - ``halves``: the Jaccard of ``set_kind``(L) found on one half of every
+      language's documents vs the other half (disjoint);
+    - ``subsample``: the Jaccard of the set found on n documents of every
+      language vs the set found on all documents.
+
+    Sets use every language at once (specific/exclusive depend on the other
+    languages), all sites together (a neuron is a (layer, site, index)), and
+    the same top-k and rho. The Jaccard of two empty sets is NaN. Returns
+    columns ``language, n_docs, replicate, jaccard, kind``; ``n_docs`` is the
+    number of documents per language of each compared set (the half size for
+    ``halves``).
+    """
+    if set_kind not in SET_KINDS:
+        raise SelectionError(f"set_kind={set_kind!r} unknown; use {', '.join(SET_KINDS)}")
+    if len(scores_by_language) < 2 and set_kind != "activated":
+        raise SelectionError(f"{set_kind} sets need at least two languages, got {sorted(scores_by_language)}")
+    languages = sorted(scores_by_language)
+    sites = [s for s in SITES if s in scores_by_language[languages[0]]]
+    for lang in languages:
+        if [s for s in SITES if s in scores_by_language[lang]] != sites:
+            raise SelectionError(f"language {lang!r} was scored on other sites than {languages[0]!r}: {sites}")
+    resolved = {s: resolve_top_k(top_k[s], scores_by_language[languages[0]][s].shape[-1], s) for s in sites}
+    # One top-k mask per document, computed once; any subset's counts are a sum over its rows.
+    masks = {
+        lang: {s: top_k_mask(scores_by_language[lang][s], resolved[s]) for s in sites} for lang in languages
+    }
+    n_docs = {lang: masks[lang][sites[0]].shape[0] for lang in languages}
+
+    def sets(subset: Mapping[str, torch.Tensor | None]) -> dict[str, dict[str, torch.Tensor]]:
+        per_language = {}
+        for lang in languages:
+            rows = subset[lang]
+            counts = {
+                s: (masks[lang][s] if rows is None else masks[lang][s][rows]).sum(dim=0, dtype=torch.int64)
+                for s in sites
+            }
+            used = n_docs[lang] if rows is None else len(rows)
+            per_language[lang] = ActivationCounts(counts, {}, used, dict(resolved))
+        found = _set_masks(per_language, rho)
+        return {lang: {s: found[lang, set_kind, s] for s in sites} for lang in languages}
+
+    full = None
+    rows = []
+    for draw in stability_draws(n_docs, n_docs_grid, seed, replicates):
+        first = sets(draw["a"])
+        if all(v is None for v in draw["b"].values()):
+            full = full or sets(draw["b"])
+            second = full
+        else:
+            second = sets(draw["b"])
+        for lang in languages:
+            both = sum(int((first[lang][s] & second[lang][s]).sum()) for s in sites)
+            either = sum(int((first[lang][s] | second[lang][s]).sum()) for s in sites)
+            rows.append(
+                {
+                    "language": lang,
+                    "n_docs": draw["n_docs"][lang],
+                    "replicate": draw["replicate"],
+                    "jaccard": both / either if either else float("nan"),
+                    "kind": draw["kind"],
+                }
+            )
+    return pd.DataFrame(rows, columns=["language", "n_docs", "replicate", "jaccard", "kind"])
+
+
+# --------------------------------------------------------------------------- LAPE
+
+
+def lape_neurons(
+    active_counts: Mapping[str, torch.Tensor],
+    token_counts: Mapping[str, int],
+    entropy_quantile: float = 0.01,
+    filter_rate: float = 0.95,
+    activation_bar_ratio: float = 0.95,
+    set_kind: str = "lape",
+) -> pd.DataFrame:
+    """LAPE language-specific FFN neurons (Tang et al. 2024), from active-token counts.
+
+    ``active_counts[L]``: ``[layers, intermediate]`` tokens of language L on
+    which the unit's activation was > 0; ``token_counts[L]``: L's tokens. The
+    rule follows the reference code (RUCAIBox/Language-Specific-Neurons,
+    ``identify.py``), as we read it:
+
+    1. p(L, u) = active tokens / tokens (the activation probability);
+    2. normalise p over languages per unit (all-zero units get 0, not NaN)
+       and take the entropy (natural log, 0 log 0 = 0);
+    3. ``filter_rate``: the threshold ``t_f`` is the k-th smallest of *all*
+       probabilities (every layer, unit and language) with ``k =
+       round(count * filter_rate)``; a unit whose every p(L, u) is <= ``t_f``
+       is dropped (the reference sets its entropy to +inf);
+    4. ``entropy_quantile`` (the reference's ``top_rate``): keep the
+       ``round(layers * intermediate * entropy_quantile)`` units of lowest
+       entropy, a fraction of *all* units, not of the survivors of 3;
+    5. ``activation_bar_ratio``: the threshold ``t_a`` is the k-th smallest
+       probability as in 3; a kept unit belongs to every language L with
+       p(L, u) > ``t_a`` (strictly; a unit can belong to several languages).
+
+    Interpretations: ``round`` is Python's (half to even), k is at least 1.
+    Entropy ties are broken by (layer, index) order (``torch.topk`` leaves
+    them unspecified). Units dropped in step 3 are never selected, even when
+    fewer than the step-4 count survive (the reference would then fill up
+    with dropped units, which step 5 only leaves out when
+    ``activation_bar_ratio >= filter_rate``, as with the defaults).
+
+    Returns :data:`NEURON_COLUMNS` with ``site="ffn"``, ``frequency=p(L, u)``
+    and ``mean_importance=NaN``.
+    """
+    for name, rate in (
+        ("entropy_quantile", entropy_quantile),
+        ("filter_rate", filter_rate),
+        ("activation_bar_ratio", activation_bar_ratio),
+    ):
+        if not 0 < rate <= 1:
+            raise SelectionError(f"{name}={rate!r}: it must be a fraction in (0, 1]")
+    languages = sorted(active_counts)
+    if len(languages) < 2:
+        raise SelectionError(f"LAPE compares languages; got {languages}: give at least two")
+    if set(token_counts) != set(languages):
+        raise SelectionError(
+            f"token_counts has languages {sorted(token_counts)}, active_counts has {languages}; they must match"
+        )
+    shape = active_counts[languages[0]].shape
+    for lang in languages:
+        counts, tokens = active_counts[lang], token_counts[lang]
+        if counts.shape != shape or counts.dim() != 2:
+            raise SelectionError(
+                f"active counts of {lang!r} are {tuple(counts.shape)}; expected [layers, units] {tuple(shape)}"
+            )
+        if not tokens > 0:
+            raise SelectionError(f"language {lang!r} has {tokens} tokens; LAPE needs scored tokens")
+        if counts.min() < 0 or counts.max() > tokens:
+            raise SelectionError(f"active counts of {lang!r} must lie in 0..{tokens} (its token count)")
+    probs = torch.stack([active_counts[lang].double() / token_counts[lang] for lang in languages], dim=-1)
+    normed = probs / probs.sum(dim=-1, keepdim=True)
+    normed = torch.nan_to_num(normed, nan=0.0)
+    logs = torch.where(normed > 0, normed.log(), torch.zeros_like(normed))
+    entropy = -(normed * logs).sum(dim=-1)
+
+    flat = probs.flatten()
+
+    def kth(rate: float) -> float:
+        k = min(max(1, round(flat.numel() * rate)), flat.numel())
+        return float(flat.kthvalue(k).values)
+
+    passes = (probs > kth(filter_rate)).any(dim=-1)
+    n_select = round(entropy.numel() * entropy_quantile)
+    ranked = torch.where(passes, entropy, torch.full_like(entropy, math.inf)).flatten()
+    order = torch.sort(ranked, stable=True).indices[:n_select]
+    order = order[torch.isfinite(ranked[order])]
+    layer, unit = order // shape[1], order % shape[1]
+    chosen = probs[layer, unit] > kth(activation_bar_ratio)  # [selected, languages]
+    frames = []
+    for i, lang in enumerate(languages):
+        pick = chosen[:, i]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "language": lang,
+                    "set_kind": set_kind,
+                    "layer": layer[pick].numpy().astype("int32"),
+                    "site": "ffn",
+                    "index": unit[pick].numpy().astype("int32"),
+                    "frequency": probs[layer[pick], unit[pick], i].numpy(),
+                    "mean_importance": float("nan"),
+                }
+            )
+        )
+    return _tidy([f for f in frames if len(f)])
+
+
+def lape_neurons_from_counts(per_language: Mapping[str, ActivationCounts], **options) -> pd.DataFrame:
+    """:func:`lape_neurons` from stored :class:`ActivationCounts` that carry active-token counts."""
+    missing = [lang for lang, c in per_language.items() if c.active_tokens is None]
+    if missing:
+        raise SelectionError(
+            f"activation counts of {missing} hold no LAPE active-token counts; score with "
+            "sites=(..., 'ffn_active', 'n_tokens') and count again"
+        )
+    return lape_neurons(
+        {lang: c.active_tokens["ffn"] for lang, c in per_language.items()},
+        {lang: c.n_tokens for lang, c in per_language.items()},
+        **options,
+    )

@@ -307,3 +307,87 @@ def test_score_documents_returns_input_order_whatever_the_batching():
         ids = torch.tensor([tokenizer(text)["input_ids"]])
         alone = score_batch(model, ids, torch.ones_like(ids), sites=("ffn",))["ffn"][0]
         torch.testing.assert_close(one["ffn"][row], alone, rtol=1e-5, atol=1e-7)
+
+
+# ---- LAPE activation counts (Tang et al. 2024) from the same forward pass ---------------------
+
+_BY_HAND = {
+    "silu": torch.nn.functional.silu,
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+}
+
+
+def _lape_activation_by_hand(model, ids, mask, layer):
+    """act(x W_gate) for gated MLPs, act(x W_in) otherwise, from the projection's captured output."""
+    arch = get_architecture(model)
+    config = model.config
+    name = (
+        getattr(config, "hidden_act", None)
+        or getattr(config, "activation_function", None)
+        or getattr(config, "hidden_activation", None)
+        or "gelu_new"  # BLOOM's fixed tanh-approximated GELU
+    )
+    projection = arch.ffn_gate or arch.ffn_in
+    return _BY_HAND[name](_module_output(model, projection, layer, ids, mask).float())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_lape_active_counts_equal_brute_force(name):
+    model = tiny_model(name)
+    ids, mask = random_batch(3, 11, seed=4)
+    got = score_batch(model, ids, mask, sites=("ffn", "ffn_active", "n_tokens"))
+    assert set(got) == {"ffn", "ffn_active", "n_tokens"}
+    assert torch.equal(got["n_tokens"], mask.sum(1))
+    for layer in range(dimensions(model).n_layers):
+        activation = _lape_activation_by_hand(model, ids, mask, layer)
+        expected = ((activation > 0) & mask.bool()[..., None]).sum(dim=1).float()
+        assert got["ffn_active"].dtype == torch.float32
+        assert torch.equal(got["ffn_active"][:, layer], expected), f"{name} layer {layer}"
+        # Not vacuous: some units are active on some but not all tokens.
+        partial = (expected > 0) & (expected < mask.sum(1, keepdim=True))
+        assert partial.any(), f"{name} layer {layer}: every unit is always or never active"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_lape_counts_do_not_depend_on_padding_side_or_batching(name):
+    model = tiny_model(name)
+    ids, mask = random_batch(6, 13, seed=7, min_length=3)
+    sites = ("ffn_active", "n_tokens")
+    right = score_batch(model, ids, mask, sites=sites)
+    left = score_batch(model, *to_padding_side(ids, mask, "left"), sites=sites)
+    other_padding = torch.where(mask.bool(), ids, torch.full_like(ids, 50))
+    repadded = score_batch(model, other_padding, mask, sites=sites)
+    for site in sites:
+        assert torch.equal(left[site], right[site]), site
+        assert torch.equal(repadded[site], right[site]), site
+    tokens = ids[4][mask[4].bool()][None]
+    alone = score_batch(model, tokens, torch.ones_like(tokens), sites=sites)
+    assert torch.equal(alone["ffn_active"][0], right["ffn_active"][4])
+
+
+def test_lape_counts_leave_plnd_scores_and_default_outputs_unchanged():
+    model = tiny_model("mistral")
+    ids, mask = random_batch(2, 9, seed=1)
+    plain = score_batch(model, ids, mask)
+    assert set(plain) == set(langneurons.SITES)
+    both = score_batch(model, ids, mask, sites=(*langneurons.SITES, "ffn_active", "n_tokens"))
+    for site in langneurons.SITES:
+        torch.testing.assert_close(both[site], plain[site], rtol=0, atol=0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_score_documents_returns_lape_counts_in_input_order():
+    from langneurons.scoring import score_documents
+
+    model, tokenizer = tiny_model("gpt2"), _word_tokenizer()
+    texts = ["w1 w2 w3", "w4 w5 w6 w7 w8 w9 w10", "w11 w12", "w13 w14 w15 w16 w17"]
+    sites = ("ffn_active", "n_tokens")
+    out = score_documents(model, tokenizer, texts, sites=sites, batch_size=2, progress=False)
+    assert out["n_tokens"].tolist() == [3, 7, 2, 5]
+    for row, text in enumerate(texts):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        alone = score_batch(model, ids, torch.ones_like(ids), sites=sites)
+        assert torch.equal(out["ffn_active"][row], alone["ffn_active"][0])

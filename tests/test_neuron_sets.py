@@ -1,0 +1,336 @@
+"""The neuron-set library: random controls, JSON / LAPE export, stability, the LAPE detector."""
+
+import itertools
+import math
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from langneurons.selection import (
+    ActivationCounts,
+    SelectionError,
+    export_json,
+    export_lape,
+    import_json,
+    import_lape,
+    lape_neurons,
+    lape_neurons_from_counts,
+    merge_counts,
+    neuron_sets,
+    random_control,
+    set_stability,
+    stability_draws,
+)
+
+SIZES = {"ffn": 40, "attn_q": 16, "attn_k": 8, "attn_v": 8}
+N_LAYERS = 3
+
+
+def _table(seed: int = 0) -> pd.DataFrame:
+    gen = np.random.default_rng(seed)
+    rows = []
+    for lang, kind in itertools.product(["en", "fr", "zh"], ["specific", "exclusive"]):
+        for layer, site in itertools.product(range(N_LAYERS), SIZES):
+            n = int(gen.integers(0, SIZES[site] // 2 + 1))
+            for index in gen.choice(SIZES[site], n, replace=False):
+                rows.append((lang, kind, layer, site, int(index), float(gen.random()), float(gen.random())))
+    columns = ["language", "set_kind", "layer", "site", "index", "frequency", "mean_importance"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.astype({"layer": "int32", "index": "int32"})
+
+
+def _keys(frame: pd.DataFrame) -> set:
+    return set(zip(frame["layer"], frame["site"], frame["index"]))
+
+
+# ---- random controls -------------------------------------------------------------------------
+
+
+def test_random_control_same_layout_disjoint_and_seeded():
+    table = _table()
+    control = random_control(table, SIZES, N_LAYERS, seed=7)
+    group = ["language", "set_kind", "layer", "site"]
+    assert control.groupby(group).size().to_dict() == table.groupby(group).size().to_dict()
+    for (lang, kind), rows in table.groupby(["language", "set_kind"]):
+        drawn = control[(control["language"] == lang) & (control["set_kind"] == kind)]
+        assert not _keys(drawn) & _keys(rows), (lang, kind)
+        assert not drawn.duplicated(["layer", "site", "index"]).any()
+    assert list(control.columns) == [*table.columns, "control_seed"]
+    assert (control["control_seed"] == 7).all() and control["frequency"].isna().all()
+    assert control.dtypes["layer"] == table.dtypes["layer"] and control.dtypes["index"] == table.dtypes["index"]
+    assert control.equals(random_control(table, SIZES, N_LAYERS, seed=7))
+    assert _keys(control) != _keys(random_control(table, SIZES, N_LAYERS, seed=8))
+
+
+def test_random_control_of_a_group_does_not_depend_on_the_rest_of_the_table():
+    table = _table()
+    alone = table[(table["language"] == "fr") & (table["set_kind"] == "specific")].iloc[::-1]
+    whole = random_control(table, SIZES, N_LAYERS, seed=3)
+    part = whole[(whole["language"] == "fr") & (whole["set_kind"] == "specific")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(random_control(alone, SIZES, N_LAYERS, seed=3), part)
+
+
+def test_random_control_is_uniform_over_the_complement():
+    table = pd.DataFrame({"layer": 0, "site": "attn_k", "index": [0, 1, 2]})
+    seen = np.zeros(8)
+    for seed in range(400):
+        for index in random_control(table, SIZES, N_LAYERS, seed=seed)["index"]:
+            seen[index] += 1
+    assert seen[:3].sum() == 0
+    np.testing.assert_allclose(seen[3:] / 400, 3 / 5, atol=0.08)
+
+
+def test_random_control_refuses_a_too_small_complement():
+    full = pd.DataFrame({"language": "en", "layer": 1, "site": "attn_v", "index": range(5)})
+    with pytest.raises(SelectionError, match="no disjoint random set of the same size exists"):
+        random_control(full, SIZES, N_LAYERS, seed=0)
+    with pytest.raises(SelectionError, match="layer 5 is out of range"):
+        random_control(full.assign(layer=5, index=0), SIZES, N_LAYERS, seed=0)
+
+
+# ---- JSON ------------------------------------------------------------------------------------
+
+
+def test_json_round_trip_is_exact(tmp_path):
+    table = random_control(_table(), SIZES, N_LAYERS, seed=1).assign(frequency=0.1 + 1 / 3)
+    table.loc[0, "mean_importance"] = math.inf
+    table.loc[1, "frequency"] = float("nan")
+    export_json(table, tmp_path / "sets.json")
+    back = import_json(tmp_path / "sets.json")
+    pd.testing.assert_frame_equal(back, table, check_exact=True)
+    empty = table.iloc[:0]
+    export_json(empty, tmp_path / "empty.json")
+    pd.testing.assert_frame_equal(import_json(tmp_path / "empty.json"), empty, check_exact=True)
+    with pytest.raises(SelectionError, match="version 99"):
+        (tmp_path / "new.json").write_text('{"format": "langneurons.neurons", "version": 99}')
+        import_json(tmp_path / "new.json")
+    with pytest.raises(SelectionError, match="not a langneurons neuron table"):
+        (tmp_path / "other.json").write_text("[1, 2]")
+        import_json(tmp_path / "other.json")
+
+
+# ---- LAPE's mask format ------------------------------------------------------------------------
+
+
+def test_lape_format_round_trip_and_structure(tmp_path):
+    table = _table()
+    table = table[(table["site"] == "ffn") & (table["set_kind"] == "specific")]
+    path = export_lape(table, tmp_path / "mask.pth", ["zh", "en", "fr"], N_LAYERS, set_kind="specific")
+    raw = torch.load(path, weights_only=True)
+    assert len(raw) == 3 and all(len(layers) == N_LAYERS for layers in raw)
+    zh = table[table["language"] == "zh"]
+    for layer in range(N_LAYERS):
+        assert raw[0][layer].dtype == torch.int64
+        assert raw[0][layer].tolist() == sorted(zh.loc[zh["layer"] == layer, "index"])
+    back = import_lape(path, ["zh", "en", "fr"], set_kind="specific", n_layers=N_LAYERS, intermediate_size=40)
+    expected = table.assign(frequency=float("nan"), mean_importance=float("nan"))
+    expected = expected.sort_values(["language", "set_kind", "layer", "site", "index"], ignore_index=True)
+    pd.testing.assert_frame_equal(back, expected)
+
+
+def test_lape_export_refuses_attention_neurons_and_unlisted_languages(tmp_path):
+    table = _table()
+    with pytest.raises(SelectionError, match="attention neurons.*ffn_only=True"):
+        export_lape(table, tmp_path / "m.pth", ["en", "fr", "zh"], N_LAYERS, set_kind="specific")
+    with pytest.raises(SelectionError, match=r"languages \['zh'\] have"):
+        export_lape(table, tmp_path / "m.pth", ["en", "fr"], N_LAYERS, set_kind="specific", ffn_only=True)
+    assert not (tmp_path / "m.pth").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"en": []}, "top level is a dict"),
+        ([[torch.tensor([1])]], "holds 1 languages"),
+        ([[torch.tensor([1])], [torch.tensor([2]), torch.tensor([3])]], "has 2 layers, expected 1"),
+        ([[torch.tensor([[1]])], [torch.tensor([2])]], "2-D tensor"),
+        ([[torch.tensor([1.0])], [torch.tensor([2])]], "dtype torch.float32"),
+        ([[torch.tensor([-1])], [torch.tensor([2])]], "negative index"),
+        ([[torch.tensor([1, 1])], [torch.tensor([2])]], "repeats an index"),
+        ([[torch.tensor([1])], [torch.tensor([99])]], "intermediate_size 40"),
+        ([[[1, 2]], [torch.tensor([2])]], "is a list, not a tensor"),
+    ],
+)
+def test_lape_import_names_what_is_wrong(tmp_path, content, message):
+    torch.save(content, tmp_path / "bad.pth")
+    with pytest.raises(SelectionError, match=message):
+        import_lape(tmp_path / "bad.pth", ["en", "fr"], intermediate_size=40)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_lape_import_never_unpickles_arbitrary_objects(tmp_path, capsys):
+    with open(tmp_path / "evil.pth", "wb") as handle:
+        pickle.dump([[_Payload()]], handle, protocol=2)
+    torch.save([[_Payload()]], tmp_path / "evil2.pth")
+    for name in ("evil.pth", "evil2.pth"):
+        with pytest.raises(SelectionError, match="weights_only=True"):
+            import_lape(tmp_path / name, ["en"])
+    assert "code ran" not in capsys.readouterr().out
+
+
+# ---- stability ---------------------------------------------------------------------------------
+
+
+def _brute_force_set(scores, top_k, rho, subsets):
+    """specific(L) from python sets: top-k per document, rho consensus, minus the all-language core."""
+    activated = {}
+    for lang, per_site in scores.items():
+        docs = range(per_site["ffn"].shape[0]) if subsets[lang] is None else subsets[lang].tolist()
+        tally = {}
+        for doc in docs:
+            for site, tensor in per_site.items():
+                for layer in range(tensor.shape[1]):
+                    row = tensor[doc, layer].tolist()
+                    for index in sorted(range(len(row)), key=lambda i: -row[i])[: top_k[site]]:
+                        tally[layer, site, index] = tally.get((layer, site, index), 0) + 1
+        needed = math.ceil(rho * len(docs) - 1e-9)
+        activated[lang] = {key for key, n in tally.items() if n >= needed}
+    core = set.intersection(*activated.values())
+    return {lang: own - core for lang, own in activated.items()}
+
+
+def test_set_stability_equals_a_brute_force_from_python_sets():
+    gen = torch.Generator().manual_seed(0)
+    counts = {"en": 9, "fr": 8, "zh": 7}
+    scores = {}
+    for lang, n in counts.items():
+        base = torch.rand(1, 2, 12, generator=gen) * 2  # a language's own neurons, plus document noise
+        scores[lang] = {"ffn": base + torch.rand(n, 2, 12, generator=gen), "attn_v": torch.rand(n, 2, 6, generator=gen)}
+    top_k, rho, grid = {"ffn": 4, "attn_v": 2}, 0.6, (2, 4, 8, "all")
+    table = set_stability(scores, top_k, rho, n_docs_grid=grid, seed=3, replicates=3)
+    draws = stability_draws(counts, grid, seed=3, replicates=3)
+    assert len(table) == len(draws) * 3
+    assert set(table.query("kind == 'subsample'")["n_docs"]) == {2, 4, 9, 8, 7}  # 8 > 7 docs of zh: skipped
+    nontrivial = 0
+    for number, draw in enumerate(draws):
+        first = _brute_force_set(scores, top_k, rho, draw["a"])
+        second = _brute_force_set(scores, top_k, rho, draw["b"])
+        for i, lang in enumerate(sorted(counts)):
+            row = table.iloc[number * 3 + i]
+            assert (row["language"], row["kind"], row["replicate"]) == (lang, draw["kind"], draw["replicate"])
+            union = first[lang] | second[lang]
+            expected = len(first[lang] & second[lang]) / len(union) if union else float("nan")
+            assert row["jaccard"] == pytest.approx(expected, nan_ok=True), (number, lang)
+            nontrivial += 0 < expected < 1
+    assert nontrivial > 10
+    assert (table.query("kind == 'subsample' and n_docs == [9, 8, 7]")["jaccard"] == 1.0).all()
+
+
+def test_stability_draws_are_disjoint_halves_and_reproducible():
+    counts = {"en": 11, "sw": 6}
+    draws = stability_draws(counts, (3, 50), seed=1, replicates=4)
+    halves = [d for d in draws if d["kind"] == "halves"]
+    assert len(halves) == 4 and len(draws) == 8  # 50 > 6 documents: skipped
+    for draw in halves:
+        for lang, total in counts.items():
+            a, b = set(draw["a"][lang].tolist()), set(draw["b"][lang].tolist())
+            assert len(a) == len(b) == total // 2 and not a & b and max(a | b) < total
+    assert halves[0]["a"]["en"].tolist() != halves[1]["a"]["en"].tolist()
+    again = stability_draws({"sw": 6, "en": 11}, (3, 50), seed=1, replicates=4)
+    assert all(torch.equal(x["a"]["en"], y["a"]["en"]) for x, y in zip(draws, again))
+
+
+# ---- LAPE --------------------------------------------------------------------------------------
+
+
+def _lape_probabilities():
+    """3 languages, 2 layers x 50 units; most units are active 10% of the time in every language."""
+    probs = torch.full((2, 50, 3), 0.1, dtype=torch.float64)
+    probs[0, 4] = torch.tensor([0.9, 0.0, 0.0])  # entropy 0
+    probs[1, 7] = torch.tensor([0.8, 0.8, 0.0])  # entropy log 2
+    probs[0, 9] = torch.tensor([0.05, 0.0, 0.0])  # entropy 0 but never frequent: filtered out
+    probs[1, 3] = torch.tensor([0.9, 0.5, 0.5])  # entropy ~1.04: not among the 3 lowest
+    probs[0, 20] = torch.tensor([0.3, 0.2, 0.2])  # entropy ~1.08
+    probs[1, 30] = torch.tensor([0.95, 0.2, 0.0])  # entropy ~0.47
+    return probs
+
+
+def _as_counts(probs, tokens=(1000, 2000, 4000)):
+    languages = ["ar", "de", "sw"]
+    active = {lang: (probs[..., i] * tokens[i]).round().long() for i, lang in enumerate(languages)}
+    return active, dict(zip(languages, tokens))
+
+
+def test_lape_selects_low_entropy_frequent_units():
+    active, tokens = _as_counts(_lape_probabilities())
+    table = lape_neurons(active, tokens, entropy_quantile=0.03)
+    got = {lang: set(zip(rows["layer"], rows["index"])) for lang, rows in table.groupby("language")}
+    assert got == {"ar": {(0, 4), (1, 7), (1, 30)}, "de": {(1, 7), (1, 30)}}
+    assert list(table.columns) == ["language", "set_kind", "layer", "site", "index", "frequency", "mean_importance"]
+    assert set(table["set_kind"]) == {"lape"} and set(table["site"]) == {"ffn"}
+    ar = table[table["language"] == "ar"].set_index(["layer", "index"])["frequency"]
+    assert ar[(1, 30)] == pytest.approx(0.95) and table["mean_importance"].isna().all()
+    # A larger quantile reaches the higher-entropy units; the filter still keeps out unit (0, 9).
+    wide = lape_neurons(active, tokens, entropy_quantile=0.05)
+    assert set(zip(wide["layer"], wide["index"])) == {(0, 4), (1, 7), (1, 30), (1, 3), (0, 20)}
+    # A higher bar (the 99th percentile: 0.8) leaves only probabilities above it.
+    strict = lape_neurons(active, tokens, entropy_quantile=0.03, activation_bar_ratio=0.99)
+    assert set(zip(strict["language"], strict["layer"], strict["index"])) == {("ar", 0, 4), ("ar", 1, 30)}
+
+
+def test_lape_does_not_depend_on_language_order_and_reads_activation_counts(tmp_path):
+    active, tokens = _as_counts(_lape_probabilities())
+    reordered = {lang: active[lang] for lang in ["sw", "ar", "de"]}
+    direct = lape_neurons(active, tokens, entropy_quantile=0.03)
+    pd.testing.assert_frame_equal(lape_neurons(reordered, tokens, entropy_quantile=0.03), direct)
+    stored = {}
+    for lang in active:
+        counts = ActivationCounts({}, {}, 5, {}, {"ffn": active[lang]}, tokens[lang])
+        counts.save(tmp_path / f"{lang}.safetensors")
+        stored[lang] = ActivationCounts.load(tmp_path / f"{lang}.safetensors")
+        assert stored[lang].n_tokens == tokens[lang]
+    pd.testing.assert_frame_equal(lape_neurons_from_counts(stored, entropy_quantile=0.03), direct)
+
+
+def test_lape_rejects_bad_input():
+    active, tokens = _as_counts(_lape_probabilities())
+    with pytest.raises(SelectionError, match="at least two"):
+        lape_neurons({"ar": active["ar"]}, {"ar": 1000})
+    with pytest.raises(SelectionError, match="must lie in 0..1000"):
+        lape_neurons(active | {"ar": active["ar"] + 2000}, tokens)
+    with pytest.raises(SelectionError, match="filter_rate"):
+        lape_neurons(active, tokens, filter_rate=1.5)
+
+
+def test_activation_counts_carry_lape_counts_through_merge_and_files(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    scores = {
+        "ffn": torch.rand(6, 2, 10, generator=gen),
+        "ffn_active": torch.randint(0, 9, (6, 2, 10), generator=gen).float(),
+        "n_tokens": torch.full((6,), 9),
+    }
+    whole = ActivationCounts.from_scores(scores, {"ffn": 3})
+    assert set(whole.counts) == {"ffn"} and whole.n_tokens == 54
+    assert torch.equal(whole.active_tokens["ffn"], scores["ffn_active"].sum(0).long())
+    shards = [ActivationCounts.from_scores({s: t[i::2] for s, t in scores.items()}, {"ffn": 3}) for i in range(2)]
+    merged = merge_counts(shards)
+    merged.save(tmp_path / "c.safetensors")
+    loaded = ActivationCounts.load(tmp_path / "c.safetensors")
+    assert loaded.n_tokens == 54 and torch.equal(loaded.active_tokens["ffn"], whole.active_tokens["ffn"])
+    torch.testing.assert_close(loaded.activation_probability(), whole.active_tokens["ffn"].double() / 54)
+    plain = ActivationCounts.from_scores({"ffn": scores["ffn"]}, {"ffn": 3})
+    plain.save(tmp_path / "plain.safetensors")
+    old = ActivationCounts.load(tmp_path / "plain.safetensors")
+    assert old.active_tokens is None and old.n_tokens is None
+    with pytest.raises(SelectionError, match="with and without LAPE"):
+        merge_counts([whole, plain])
+    with pytest.raises(SelectionError, match="no LAPE active-token counts"):
+        plain.activation_probability()
+    with pytest.raises(SelectionError, match="need both"):
+        ActivationCounts.from_scores({"ffn": scores["ffn"], "ffn_active": scores["ffn_active"]}, {"ffn": 3})
+    with_lape = neuron_sets({"a": loaded, "b": plain}, rho=0.5, kinds=["activated"])
+    pd.testing.assert_frame_equal(with_lape, neuron_sets({"a": plain, "b": plain}, rho=0.5, kinds=["activated"]))
+
+
+def test_lape_output_names_match_the_scoring_outputs():
+    from langneurons.scoring import COUNT_OUTPUTS
+    from langneurons.selection import LAPE_OUTPUTS
+
+    assert COUNT_OUTPUTS == LAPE_OUTPUTS
