@@ -160,3 +160,26 @@ def layer_stages(n_layers: int, understanding: int | None = None, generation: in
             f"{n_layers}-layer model (sum < {n_layers}); lower them or set them to null to scale with depth"
         )
     return ["understanding"] * n1 + ["task"] * (n_layers - n1 - n2) + ["generation"] * n2
+
+
+#: The paper's ablation conditions: which stage's layers and which structure are deactivated.
+CONDITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "understanding": (("understanding",), ("ffn", "attn_q", "attn_k", "attn_v")),
+    "task_attention": (("task",), ("attn_q", "attn_k", "attn_v")),
+    "task_ffn": (("task",), ("ffn",)),
+    "generation": (("generation",), ("ffn", "attn_q", "attn_k", "attn_v")),
+    "all": (STAGES, ("ffn", "attn_q", "attn_k", "attn_v")),
+}
+
+
+def condition_neurons(neurons, condition: str, stages: list[str]):
+    """The rows of a neuron table that an ablation condition deactivates.
+
+    ``stages`` is :func:`layer_stages`' per-layer list for the model.
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"ablation condition {condition!r} is unknown; use one of {', '.join(CONDITIONS)}")
+    wanted_stages, wanted_sites = CONDITIONS[condition]
+    layers = [layer for layer, stage in enumerate(stages) if stage in wanted_stages]
+    keep = neurons["layer"].isin(layers) & neurons["site"].isin(wanted_sites)
+    return neurons[keep].reset_index(drop=True)

@@ -142,3 +142,21 @@ def test_every_table_path_resolves(name):
         path = getattr(arch, field)
         if path is not None:
             assert isinstance(get_submodule(block, path), torch.nn.Module), field
+
+
+def test_conditions_select_stage_layers_and_structures():
+    from langneurons.interventions import CONDITIONS, condition_neurons, layer_stages
+
+    stages = layer_stages(8, 2, 1)  # U U T T T T T G
+    table = pd.DataFrame(
+        [(layer, site, 0) for layer in range(8) for site in SITES], columns=["layer", "site", "index"]
+    )
+    picked = {c: condition_neurons(table, c, stages) for c in CONDITIONS}
+    assert set(picked["understanding"]["layer"]) == {0, 1} and len(picked["understanding"]) == 8
+    assert set(picked["task_attention"]["site"]) == {"attn_q", "attn_k", "attn_v"}
+    assert set(picked["task_attention"]["layer"]) == set(range(2, 7))
+    assert set(picked["task_ffn"]["site"]) == {"ffn"} and len(picked["task_ffn"]) == 5
+    assert set(picked["generation"]["layer"]) == {7}
+    assert len(picked["all"]) == len(table)
+    with pytest.raises(ValueError, match="condition 'middle' is unknown"):
+        condition_neurons(table, "middle", stages)

@@ -1,0 +1,141 @@
+"""Workflow steps: one cell of the ablation grid (MWork), and the grid's aggregate table.
+
+A cell deactivates one language's neuron set (or a random control of the same
+size per layer and site) in one condition (a layer stage and a structure) and
+evaluates every language. The baseline cell deactivates nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from langneurons import corpora, evaluation
+from langneurons.architectures import site_sizes
+from langneurons.interventions import condition_neurons, deactivate, layer_stages
+from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
+from langneurons.selection import random_control
+from langneurons.steps.common import ConfigError, load_configured_model, model_record
+
+GRID_COLUMNS = (
+    "condition", "detector", "set_kind", "target_language", "control", "seed",
+    "eval_language", "metric", "value", "n", "n_neurons_deactivated",
+)  # fmt: skip
+BASELINE = "none"
+
+
+def cell_neurons(
+    neurons: pd.DataFrame,
+    target_language: str,
+    set_kind: str,
+    condition: str,
+    stages: list[str],
+    site_sizes: Mapping[str, int],
+    control_seed: int | None,
+) -> pd.DataFrame:
+    """The neurons a cell deactivates: the target's set in the condition, or its random control."""
+    chosen = neurons[(neurons["language"] == target_language) & (neurons["set_kind"] == set_kind)]
+    if chosen.empty:
+        known = sorted(neurons.loc[neurons["set_kind"] == set_kind, "language"].unique())
+        raise ConfigError(
+            f"ablation target {target_language!r} has no {set_kind!r} neurons (languages with such neurons: "
+            f"{known}); check ablation.targets against `languages`, or lower selection.rho / choose another set kind"
+        )
+    chosen = condition_neurons(chosen, condition, stages)
+    if chosen.empty:
+        raise ConfigError(
+            f"the {set_kind!r} set of {target_language!r} has no neurons in condition {condition!r}: "
+            "remove the condition from ablation.conditions or change the stages"
+        )
+    if control_seed is not None:
+        chosen = random_control(chosen, dict(site_sizes), len(stages), control_seed)
+    return chosen
+
+
+def evaluate_languages(
+    model, tokenizer, eval_docs: Mapping[str, pd.DataFrame], metrics: Sequence[str], settings: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Every metric on every language's held-out documents, as tidy rows."""
+    rows = []
+    items = None
+    if "continuation" in metrics:
+        frames = pd.concat(list(eval_docs.values()), ignore_index=True)
+        items = evaluation.build_continuation_items(frames, settings["n_items"], settings["seed"])
+    for language, docs in eval_docs.items():
+        for metric in metrics:
+            if metric == "perplexity":
+                data = docs["text"].tolist()
+                options = {"max_length": settings["max_length"], "batch_size": settings["batch_size"]}
+            elif metric == "continuation":
+                data = items[items["language"] == language]
+                options = {"max_length": settings["max_length"], "batch_size": settings["batch_size"]}
+            else:
+                raise ConfigError(f"ablation.metrics has {metric!r}; the grid supports perplexity and continuation")
+            result = evaluation.evaluate(model, tokenizer, metric, data, language, progress=False, **options)
+            rows.append({"eval_language": language, "metric": metric, "value": result["value"], "n": result["n"]})
+    return rows
+
+
+def ablation_cell_step(
+    corpus_paths: Mapping[str, str],
+    neurons_path: str | None,
+    model_params: Mapping[str, Any],
+    model_dir: str | None,
+    cell: Mapping[str, Any],
+    stages: Mapping[str, int | None],
+    settings: Mapping[str, Any],
+    out_path: str,
+    record_path: str,
+) -> None:
+    """Evaluate every language with one cell's neurons deactivated (none for the baseline)."""
+    model, tokenizer = load_configured_model(model_params, model_dir)
+    eval_docs = {
+        lang: corpora.read_corpus(path, "eval").sort_values("doc_id").head(settings["n_docs"])
+        for lang, path in corpus_paths.items()
+    }
+    empty = [lang for lang, docs in eval_docs.items() if docs.empty]
+    if empty:
+        raise ConfigError(f"no eval documents for {empty}: raise corpus.split_sizes.eval")
+    n_layers = model.config.num_hidden_layers
+    neurons = pd.DataFrame(columns=["layer", "site", "index"])
+    if cell["condition"] != BASELINE:
+        neurons = cell_neurons(
+            pd.read_parquet(neurons_path),
+            cell["target_language"],
+            cell["set_kind"],
+            cell["condition"],
+            layer_stages(n_layers, **stages),
+            site_sizes(model),
+            cell["control_seed"],
+        )
+    with deactivate(model, neurons):
+        rows = evaluate_languages(model, tokenizer, eval_docs, settings["metrics"], settings)
+    table = pd.DataFrame(rows).assign(
+        condition=cell["condition"],
+        detector=cell["detector"],
+        set_kind=cell["set_kind"],
+        target_language=cell["target_language"],
+        control="real" if cell["control_seed"] is None else "random",
+        seed=-1 if cell["control_seed"] is None else int(cell["control_seed"]),
+        n_neurons_deactivated=len(neurons),
+    )
+    write_parquet_atomic(table[list(GRID_COLUMNS)], out_path)
+    write_json_atomic(
+        provenance({"cell": dict(cell), "stages": dict(stages), "settings": dict(settings)},
+                   **model_record(model_params, model_dir)),
+        record_path,
+    )
+
+
+def ablation_grid_step(cell_paths: Sequence[str], out_path: str) -> None:
+    """Concatenate the cells, with each metric's ratio to the baseline beside its value."""
+    table = pd.concat([pd.read_parquet(path) for path in cell_paths], ignore_index=True)
+    baseline = table[table["condition"] == BASELINE].set_index(["eval_language", "metric"])["value"]
+    if baseline.empty:
+        raise ConfigError("the ablation grid has no baseline cell (condition 'none')")
+    keys = pd.MultiIndex.from_frame(table[["eval_language", "metric"]])
+    table["baseline"] = baseline.reindex(keys).to_numpy()
+    table["ratio_to_baseline"] = table["value"] / table["baseline"]
+    write_parquet_atomic(table, out_path)
