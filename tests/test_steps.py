@@ -136,3 +136,82 @@ def test_config_checks_name_the_field_and_the_fix(changes, message):
     check_config(_config())
     with pytest.raises(ConfigError, match=message):
         check_config(_config(**changes))
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpora")
+    paths = {}
+    for number, language in enumerate(["fr", "de"]):
+        gen = torch.Generator().manual_seed(10 + number)
+        texts = [" ".join(f"w{int(t)}" for t in torch.randint(3, VOCAB, (12,), generator=gen)) for _ in range(10)]
+        docs = pd.DataFrame(
+            {
+                "doc_id": [f"{language}-{i:03d}" for i in range(10)],
+                "language": language,
+                "text": texts,
+                "split": ["detect"] * 4 + ["finetune"] * 3 + ["eval"] * 3,
+                "n_chars": [len(t) for t in texts],
+                "align_key": None,
+            }
+        )
+        paths[language] = str(folder / f"{language}.parquet")
+        write_corpus(docs, paths[language], folder / f"{language}.manifest.json")
+    neurons = pd.DataFrame(
+        {
+            "language": "fr", "set_kind": "specific", "layer": [0, 1, 2, 2], "site": ["ffn", "attn_q", "ffn", "attn_v"],
+            "index": [3, 5, 7, 1], "frequency": 1.0, "mean_importance": 1.0,
+        }
+    )  # fmt: skip
+    neurons_path = str(folder / "neurons.parquet")
+    neurons.to_parquet(neurons_path)
+    return paths, neurons_path
+
+
+EVALUATION = {"metrics": ["perplexity"], "n_docs": 3, "n_items": 2, "max_length": 16, "batch_size": 2, "seed": 0}
+
+
+def test_ablation_cells_and_grid(tmp_path, two_corpora, model_dir):
+    from langneurons.steps.ablation import ablation_cell_step, ablation_grid_step
+
+    corpora, neurons_path = two_corpora
+    cells = []
+    for condition, control in [("none", None), ("all", None), ("all", 0)]:
+        cell = {"condition": condition, "detector": "plnd", "set_kind": "specific", "target_language": "fr",
+                "control_seed": control}  # fmt: skip
+        out = tmp_path / f"{condition}-{control}.parquet"
+        ablation_cell_step(corpora, neurons_path, MODEL, model_dir, cell, {"understanding": 1, "generation": 1},
+                           EVALUATION, str(out), str(tmp_path / f"{condition}-{control}.json"))  # fmt: skip
+        cells.append(str(out))
+    ablation_grid_step(cells, str(tmp_path / "grid.parquet"))
+    grid = pd.read_parquet(tmp_path / "grid.parquet")
+    assert set(grid["eval_language"]) == {"fr", "de"} and set(grid["metric"]) == {"perplexity"}
+    assert grid.groupby(["condition", "control"])["n_neurons_deactivated"].first().to_dict() == {
+        ("all", "random"): 4, ("all", "real"): 4, ("none", "real"): 0,
+    }  # fmt: skip
+    baseline = grid[grid["condition"] == "none"]
+    assert (baseline["ratio_to_baseline"] == 1).all()
+    assert (grid[grid["condition"] == "all"]["ratio_to_baseline"] != 1).all(), "deactivation changes perplexity"
+
+
+def test_finetune_cells_train_only_what_they_should(tmp_path, two_corpora, model_dir):
+    from langneurons.steps.finetune import finetune_cell_step
+
+    corpora, neurons_path = two_corpora
+    training = {"lr": 1e-2, "epochs": 1, "batch_size": 2, "grad_accum": 1, "n_docs": 3, "max_length": 16,
+                "progress": False}  # fmt: skip
+    tables = {}
+    for method in ("none", "targeted", "full"):
+        artefact = tmp_path / method
+        finetune_cell_step(corpora, neurons_path, MODEL, model_dir, "fr", method, "specific", training, 0,
+                           EVALUATION, str(artefact), str(tmp_path / f"{method}.parquet"))  # fmt: skip
+        tables[method] = pd.read_parquet(tmp_path / f"{method}.parquet").set_index("eval_language")
+    assert (tmp_path / "targeted" / "delta.safetensors").exists()
+    assert tables["none"]["trainable_params"].iloc[0] == 0
+    assert 0 < tables["targeted"]["trainable_params"].iloc[0] < tables["full"]["trainable_params"].iloc[0]
+    assert tables["targeted"].loc["fr", "value"] != tables["none"].loc["fr", "value"]
+    with pytest.raises(ConfigError, match="finetune.n_docs=5 but 'fr' has 3 finetune documents"):
+        finetune_cell_step(
+            corpora, neurons_path, MODEL, model_dir, "fr", "targeted", "specific", {**training, "n_docs": 5}, 0,
+            EVALUATION, str(tmp_path / "x"), str(tmp_path / "x.parquet"),
+        )  # fmt: skip
