@@ -23,6 +23,9 @@ include: "rules/corpus.smk"
 include: "rules/demo_model.smk"
 include: "rules/scoring.smk"
 include: "rules/neurons.smk"
+include: "rules/logit_lens.smk"
+include: "rules/report.smk"
+include: "rules/figures.smk"
 
 
 rule all:

@@ -34,7 +34,7 @@ def model_dir():
 
 
 def final_outputs():
-    outputs = [f"{RESULTS}/neurons/neurons.parquet"]
+    outputs = [f"{RESULTS}/neurons/neurons.parquet", f"{RESULTS}/logit_lens/all.parquet", *figure_outputs()]
     if config["model"]["demo"]:
         outputs.append(f"{RESULTS}/model")
     return outputs

@@ -6,6 +6,7 @@ library module edits the copy. The run's jobs import the installed package.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -17,7 +18,34 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "schemas", "profiles", "langneurons")
+WORKFLOW_FILES = (
+    "Snakefile",
+    "config.yaml",
+    "rules",
+    "workflow_scripts",
+    "schemas",
+    "profiles",
+    "report",
+    "langneurons",
+)
+#: Every figure the tiny run draws (PNG and SVG each), and the first words of its report caption.
+FIGURES = {
+    "fig1_language_ratio": "Logit lens: which language each layer decodes to.",
+    "fig1b_language_ratio_deactivated": "Logit lens with each language's specific neurons",
+    "fig2_neuron_counts": "Where the language-specific neurons are.",
+    "fig3_overlap": "How much the languages' specific neuron sets overlap.",
+}
+#: What a new neuron table reschedules downstream of it: each language's decoding with its specific
+#: neurons deactivated, the logit-lens table, and the figures that draw neurons (not figure 1).
+AFTER_NEURON_SETS = {
+    "neuron_sets": 1,
+    "logit_lens": 3,
+    "logit_lens_table": 1,
+    "figure_language_ratio_deactivated": 1,
+    "figure_neuron_counts": 1,
+    "figure_overlap": 1,
+    "all": 1,
+}
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 pytestmark = pytest.mark.workflow
@@ -81,6 +109,10 @@ def rules_of(jobs) -> Counter:
     return Counter(rule for rule, _ in jobs)
 
 
+def lens_conditions(jobs) -> set[str]:
+    return {wildcards["condition"] for rule, wildcards in jobs if rule == "logit_lens"}
+
+
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory) -> Workflow:
     flow = Workflow(tmp_path_factory.mktemp("workflow"))
@@ -99,6 +131,14 @@ def test_runs_end_to_end_and_then_has_nothing_to_do(workflow):
     for language in workflow.tiny["languages"]:
         assert len(list((workflow.results / "scores" / language).glob("shard*-of-2.safetensors"))) == 2
     assert list((workflow.workdir / "logs").rglob("*.log")), "every rule writes a log"
+    ratios = pd.read_parquet(workflow.results / "logit_lens" / "all.parquet")
+    assert set(ratios["condition"]) == {"none", "specific_deactivated"}
+    assert set(ratios["language"]) == set(workflow.tiny["languages"])
+    assert ratios.groupby(["condition", "language", "layer"])["share"].sum().round(9).eq(1).all()
+    for name in FIGURES:
+        for ext in ("png", "svg"):
+            assert (workflow.results / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    assert list((workflow.workdir / "benchmarks" / "tiny" / "logit_lens").rglob("*.tsv")), "model rules benchmark"
     assert workflow.planned() == []
 
 
@@ -111,30 +151,43 @@ def test_reordering_config_keys_reruns_nothing(workflow):
     assert workflow.planned(config=path) == []
 
 
-def test_changing_rho_reruns_only_the_set_step(workflow):
+def test_changing_rho_reruns_the_set_step_and_what_draws_or_deactivates_the_sets(workflow):
     jobs = workflow.planned(config=workflow.config_file("rho.yaml", selection__rho=0.8))
-    assert rules_of(jobs) == Counter({"neuron_sets": 1, "all": 1})
+    assert rules_of(jobs) == Counter(AFTER_NEURON_SETS)
+    assert lens_conditions(jobs) == {"specific_deactivated"}, "the plain logit lens does not use the sets"
 
 
 def test_changing_top_k_reruns_counts_and_sets_never_scoring(workflow):
     top_k = {"ffn": 0.1, "attn_q": 0.25, "attn_k": 0.25, "attn_v": 0.25}
     jobs = workflow.planned(config=workflow.config_file("topk.yaml", selection__top_k=top_k))
-    assert rules_of(jobs) == Counter({"count_activations": 3, "neuron_sets": 1, "all": 1})
+    assert rules_of(jobs) == Counter({"count_activations": 3, **AFTER_NEURON_SETS})
 
 
-def test_adding_a_language_schedules_only_that_language(workflow):
+def test_adding_a_language_scores_only_that_language(workflow):
     languages = workflow.tiny["languages"] + ["de"]
     jobs = workflow.planned(config=workflow.config_file("more.yaml", languages=languages))
-    per_language = {wildcards.get("language") for _, wildcards in jobs} - {None}
+    per_language = {wildcards.get("language") for rule, wildcards in jobs if rule != "logit_lens"} - {None}
     assert per_language == {"de"}
-    assert rules_of(jobs) == Counter({"score_shard": 2, "count_activations": 1, "neuron_sets": 1, "all": 1})
+    # The token table attributes tokens among the languages: a new one changes every language's
+    # ratio, so the logit lens reruns for all four, in both conditions; every figure is redrawn.
+    assert rules_of(jobs) == Counter(
+        {
+            "score_shard": 2,
+            "count_activations": 1,
+            "token_languages": 1,
+            "figure_language_ratio": 1,
+            **AFTER_NEURON_SETS,
+            "logit_lens": 8,
+        }
+    )
 
 
 def test_rerunning_one_language(workflow):
     shards = sorted(str(p.relative_to(workflow.workdir)) for p in (workflow.results / "scores" / "fr").glob("*"))
     jobs = workflow.planned("--forcerun", *shards)
-    assert {wildcards.get("language") for _, wildcards in jobs} - {None} == {"fr"}
-    assert rules_of(jobs) == Counter({"score_shard": 2, "count_activations": 1, "neuron_sets": 1, "all": 1})
+    assert {wildcards.get("language") for rule, wildcards in jobs if rule != "logit_lens"} - {None} == {"fr"}
+    assert rules_of(jobs) == Counter({"score_shard": 2, "count_activations": 1, **AFTER_NEURON_SETS})
+    assert lens_conditions(jobs) == {"specific_deactivated"}
 
 
 def test_touching_or_copying_a_cached_tensor_invalidates_nothing(workflow):
@@ -155,7 +208,47 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
         jobs = workflow.planned()
     finally:
         module.write_text(original)
-    assert rules_of(jobs) == Counter({"count_activations": 3, "neuron_sets": 1, "all": 1})
+    assert rules_of(jobs) == Counter({"count_activations": 3, **AFTER_NEURON_SETS})
+
+
+def test_editing_the_plotting_module_redraws_every_figure_and_nothing_else(workflow):
+    module = workflow.repo / "langneurons" / "plotting.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# an edit\n")
+        jobs = workflow.planned()
+    finally:
+        module.write_text(original)
+    figures = ("figure_language_ratio", "figure_language_ratio_deactivated", "figure_neuron_counts", "figure_overlap")
+    assert rules_of(jobs) == Counter({**dict.fromkeys(figures, 1), "all": 1})
+
+
+def test_changing_the_logit_lens_top_k_reruns_the_lens_never_the_neurons(workflow):
+    lens = {**workflow.tiny["logit_lens"], "top_k": 3}
+    jobs = workflow.planned(config=workflow.config_file("lens.yaml", logit_lens=lens))
+    assert rules_of(jobs) == Counter(
+        {
+            "logit_lens": 6,
+            "logit_lens_table": 1,
+            "figure_language_ratio": 1,
+            "figure_language_ratio_deactivated": 1,
+            "all": 1,
+        }
+    )
+
+
+def test_report_embeds_every_figure_with_its_caption(workflow):
+    report = workflow.workdir / "report.html"
+    workflow.run("--report", str(report))
+    html = report.read_text(encoding="utf-8")
+    for name, caption in FIGURES.items():
+        png = (workflow.results / "figures" / f"{name}.png").read_bytes()
+        embedded = re.search(rf"filename={name}\.png;base64,([A-Za-z0-9+/=]+)", html)
+        assert embedded, f"{name}.png is not embedded in the report"
+        assert base64.b64decode(embedded.group(1)) == png, f"the report's {name}.png is not the run's"
+        assert caption in html, f"caption of {name} missing"
+    assert html.count("How to read it") == len(FIGURES)
+    assert "{{ snakemake" not in html, "caption templates are rendered"
 
 
 @pytest.mark.parametrize(
@@ -165,6 +258,8 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
         (dict(scoring__shards="two"), "'two' is not of type 'integer'"),
         (dict(languages=["en", "xx"]), r"languages: \['xx'\] not available from corpus source 'demo'"),
         (dict(scoring__sites=["ffn", "mlp"]), "'mlp' is not one of"),
+        (dict(selection__set_kinds=["activated"]), "logit_lens.deactivate is 'specific' but selection.set_kinds"),
+        (dict(logit_lens__top_k=0), "0 is less than the minimum of 1"),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):

@@ -1,0 +1,101 @@
+"""Workflow steps: one function per figure, from the tables the other steps write.
+
+Each step reads its tables, works out what the figure needs from them (the layer
+count, the MWork stage sizes N1/N2 from the configured ``stages``) and writes the
+figure as PNG and SVG with :mod:`langneurons.plotting`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from langneurons.interventions import layer_stages
+from langneurons.plotting import PlotInputError, plot_language_ratio, plot_neuron_counts, plot_overlap, save_figure
+
+
+def stage_sizes(n_layers: int, stages: Mapping[str, int | None]) -> tuple[int, int]:
+    """(N1, N2): how many layers the understanding and the generation stage have."""
+    labels = layer_stages(n_layers, stages.get("understanding"), stages.get("generation"))
+    return labels.count("understanding"), labels.count("generation")
+
+
+def _check_outputs(png_path: str, svg_path: str) -> None:
+    png, svg = Path(png_path), Path(svg_path)
+    if png.suffix != ".png" or svg.suffix != ".svg" or png.with_suffix("") != svg.with_suffix(""):
+        raise ValueError(f"figure outputs must be <name>.png and <name>.svg side by side; got {png} and {svg}")
+
+
+def language_ratio_step(
+    ratio_paths: Sequence[str],
+    stages: Mapping[str, int | None],
+    png_path: str,
+    svg_path: str,
+    languages: Sequence[str] | None = None,
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Figure 1: language ratio per layer, one panel per document language, stage boundaries marked.
+
+    The layer count is the model's (every layer has a row in the ratio tables).
+    """
+    _check_outputs(png_path, svg_path)
+    ratios = pd.concat([pd.read_parquet(path) for path in ratio_paths], ignore_index=True)
+    if "condition" in ratios and ratios["condition"].nunique() > 1:
+        raise PlotInputError(f"language ratio: one condition per figure; got {sorted(ratios['condition'].unique())}")
+    n_layers = int(ratios["layer"].max()) + 1
+    n1, n2 = stage_sizes(n_layers, stages)
+    return plot_language_ratio(ratios, png_path, n1, n2, languages=languages, title=title)
+
+
+def _n_layers(neurons: pd.DataFrame, summary_path: str | None) -> int:
+    """The model's layer count: from the set summary (it has a row for every layer), else the neurons seen."""
+    if summary_path is not None:
+        summary = pd.read_parquet(summary_path, columns=["layer"])
+        if not summary.empty:
+            return int(summary["layer"].max()) + 1
+    if neurons.empty:
+        raise PlotInputError("neuron counts: the neuron table is empty and there is no summary to count layers from")
+    return int(neurons["layer"].max()) + 1
+
+
+def neuron_counts_step(
+    neurons_path: str,
+    summary_path: str | None,
+    set_kind: str,
+    by: str,
+    stages: Mapping[str, int | None],
+    png_path: str,
+    svg_path: str,
+) -> tuple[Path, Path]:
+    """Figure 2: neurons per layer in each language's ``set_kind`` set, one panel per site (or structure).
+
+    When no language has a ``set_kind`` neuron (e.g. consensus rho too strict for the documents),
+    the figure says so instead of failing the run.
+    """
+    _check_outputs(png_path, svg_path)
+    neurons = pd.read_parquet(neurons_path)
+    if not (neurons["set_kind"] == set_kind).any():
+        return save_figure(empty_figure(f"No language has a {set_kind} neuron in this run.", set_kind), png_path)
+    n_layers = _n_layers(neurons, summary_path)
+    n1, n2 = stage_sizes(n_layers, stages)
+    return plot_neuron_counts(neurons, png_path, set_kind=set_kind, by=by, n_layers=n_layers, n1=n1, n2=n2)
+
+
+def empty_figure(message: str, set_kind: str) -> Figure:
+    """A figure that states why there is nothing to draw."""
+    fig = Figure(figsize=(6.0, 2.0), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    hint = "Lower selection.rho or use more detection documents to find some."
+    ax.text(0.5, 0.5, f"{message}\n{hint}", ha="center", va="center", fontsize=10, wrap=True)
+    fig.suptitle(f"Language-{set_kind} neurons per layer", fontsize=11)
+    return fig
+
+
+def overlap_step(neurons_path: str, set_kind: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
+    """Figure 3: Jaccard overlap of the languages' ``set_kind`` sets."""
+    _check_outputs(png_path, svg_path)
+    return plot_overlap(pd.read_parquet(neurons_path), png_path, set_kind=set_kind)

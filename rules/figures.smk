@@ -1,0 +1,105 @@
+# Figures, one rule each, from the tables their data lives in: a change in one table redraws only
+# its figures. Each writes <name>.png (in the report) and <name>.svg under results/<run>/figures/.
+FIGURES = f"{RESULTS}/figures"
+FIGURE_SETTINGS = config["figures"]
+if FIGURE_SETTINGS["set_kind"] not in config["selection"]["set_kinds"]:
+    raise ConfigError(
+        f"figures.set_kind is {FIGURE_SETTINGS['set_kind']!r} but selection.set_kinds "
+        f"{config['selection']['set_kinds']} does not build that set: add it there or plot another kind"
+    )
+FIGURE_CODE = ("plotting.py", "interventions.py", "io.py", "steps/figures.py")
+
+
+def figure_outputs():
+    """Every figure this configuration draws (PNG and SVG)."""
+    names = ["fig1_language_ratio", "fig2_neuron_counts", "fig3_overlap"]
+    if LENS_DEACTIVATE:
+        names.append("fig1b_language_ratio_deactivated")
+    return [f"{FIGURES}/{name}.{ext}" for name in names for ext in ("png", "svg")]
+
+
+localrules:
+    figure_language_ratio,
+    figure_neuron_counts,
+    figure_overlap,
+
+
+rule figure_language_ratio:
+    input:
+        ratios=expand(f"{RESULTS}/logit_lens/none/{{language}}.parquet", language=LANGUAGES),
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(
+            f"{FIGURES}/fig1_language_ratio.png", "language_ratio", "1. Logit lens", "language ratio per layer"
+        ),
+        svg=f"{FIGURES}/fig1_language_ratio.svg",
+    params:
+        stages=canonical(config["stages"]),
+        languages=LANGUAGES,
+        title=None,
+    log:
+        f"{LOGS}/figures/fig1_language_ratio.log",
+    script:
+        "../workflow_scripts/figure_language_ratio.py"
+
+
+if LENS_DEACTIVATE:
+
+    localrules:
+        figure_language_ratio_deactivated,
+
+    rule figure_language_ratio_deactivated:
+        input:
+            ratios=expand(
+                f"{RESULTS}/logit_lens/{LENS_DEACTIVATE}_deactivated/{{language}}.parquet", language=LANGUAGES
+            ),
+            code=library(*FIGURE_CODE),
+        output:
+            png=figure_report(
+                f"{FIGURES}/fig1b_language_ratio_deactivated.png",
+                "language_ratio_deactivated",
+                "1. Logit lens",
+                f"language ratio, {LENS_DEACTIVATE} neurons deactivated",
+            ),
+            svg=f"{FIGURES}/fig1b_language_ratio_deactivated.svg",
+        params:
+            stages=canonical(config["stages"]),
+            languages=LANGUAGES,
+            title=f"Logit lens with each language's {LENS_DEACTIVATE} neurons deactivated",
+        log:
+            f"{LOGS}/figures/fig1b_language_ratio_deactivated.log",
+        script:
+            "../workflow_scripts/figure_language_ratio.py"
+
+
+rule figure_neuron_counts:
+    input:
+        neurons=f"{RESULTS}/neurons/neurons.parquet",
+        summary=f"{RESULTS}/neurons/summary.parquet",
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(f"{FIGURES}/fig2_neuron_counts.png", "neuron_counts", "2. Neuron sets", "neurons per layer"),
+        svg=f"{FIGURES}/fig2_neuron_counts.svg",
+    params:
+        set_kind=FIGURE_SETTINGS["set_kind"],
+        by=FIGURE_SETTINGS["neuron_counts_by"],
+        stages=canonical(config["stages"]),
+    log:
+        f"{LOGS}/figures/fig2_neuron_counts.log",
+    script:
+        "../workflow_scripts/figure_neuron_counts.py"
+
+
+rule figure_overlap:
+    input:
+        neurons=f"{RESULTS}/neurons/neurons.parquet",
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(f"{FIGURES}/fig3_overlap.png", "overlap", "2. Neuron sets", "overlap between languages"),
+        svg=f"{FIGURES}/fig3_overlap.svg",
+    params:
+        set_kind=FIGURE_SETTINGS["set_kind"],
+    log:
+        f"{LOGS}/figures/fig3_overlap.log",
+    script:
+        "../workflow_scripts/figure_overlap.py"

@@ -1,0 +1,12 @@
+from langneurons.steps.common import logged
+from langneurons.steps.figures import language_ratio_step
+
+with logged(snakemake.log):
+    language_ratio_step(
+        ratio_paths=snakemake.input.ratios,
+        stages=snakemake.params.stages,
+        languages=snakemake.params.languages,
+        title=snakemake.params.title,
+        png_path=snakemake.output.png,
+        svg_path=snakemake.output.svg,
+    )
