@@ -26,6 +26,8 @@ include: "rules/neurons.smk"
 include: "rules/logit_lens.smk"
 include: "rules/report.smk"
 include: "rules/figures.smk"
+include: "rules/ablation.smk"
+include: "rules/finetune.smk"
 
 
 rule all:

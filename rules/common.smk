@@ -37,4 +37,8 @@ def final_outputs():
     outputs = [f"{RESULTS}/neurons/neurons.parquet", f"{RESULTS}/logit_lens/all.parquet", *figure_outputs()]
     if config["model"]["demo"]:
         outputs.append(f"{RESULTS}/model")
+    if config["ablation"]["conditions"]:
+        outputs.append(f"{RESULTS}/ablation/grid.parquet")
+    if config["finetune"]["methods"] and config["finetune"]["targets"] != []:
+        outputs.append(f"{RESULTS}/finetune/results.parquet")
     return outputs

@@ -3,16 +3,11 @@
 # belongs to which language comes from token statistics of the sampled corpora (token_languages);
 # the ratio is measured on each language's `eval` documents, as is and with that language's
 # neurons of one set kind deactivated (condition `<set_kind>_deactivated`).
-from langneurons.steps.common import ConfigError
 from langneurons.steps.logit_lens import deactivated_condition, token_language_names
 
 LOGIT_LENS = config["logit_lens"]
 LENS_DEACTIVATE = LOGIT_LENS["deactivate"]
-if LENS_DEACTIVATE and LENS_DEACTIVATE not in config["selection"]["set_kinds"]:
-    raise ConfigError(
-        f"logit_lens.deactivate is {LENS_DEACTIVATE!r} but selection.set_kinds {config['selection']['set_kinds']} "
-        "does not build that set: add it there, or set logit_lens.deactivate to another kind or null"
-    )
+# (check_config has made sure that selection.set_kinds builds this set)
 LENS_CONDITIONS = deactivated_condition(LENS_DEACTIVATE)
 # English is always labelled: the ratio compares every language with it.
 TOKEN_LANGUAGES = token_language_names(LANGUAGES)

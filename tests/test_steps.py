@@ -130,6 +130,11 @@ def _config(**changes):
         (dict(languages=["en", "tlh"]), r"languages: \['tlh'\] not available from corpus source 'demo'; it has"),
         (dict(model__demo_languages=["en"]), r"languages \['fr'\] are not in model.demo_languages"),
         (dict(model__demo=False), "model.id is empty while model.demo is false"),
+        (dict(ablation={"targets": ["sw"]}), r"ablation.targets: \['sw'\] are not in `languages`"),
+        (
+            dict(selection={"set_kinds": ["activated"]}, finetune={"set_kind": "specific"}),
+            r"finetune.set_kind uses \['specific'\] but selection.set_kinds \['activated'\]",
+        ),
     ],
 )
 def test_config_checks_name_the_field_and_the_fix(changes, message):

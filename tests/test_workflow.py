@@ -44,6 +44,11 @@ AFTER_NEURON_SETS = {
     "figure_language_ratio_deactivated": 1,
     "figure_neuron_counts": 1,
     "figure_overlap": 1,
+    # the real and random ablation cells (not the baseline), and targeted fine-tuning (not "none")
+    "ablation_cell": 2,
+    "ablation_grid": 1,
+    "finetune_cell": 1,
+    "finetune_results": 1,
     "all": 1,
 }
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -178,6 +183,9 @@ def test_adding_a_language_scores_only_that_language(workflow):
             "figure_language_ratio": 1,
             **AFTER_NEURON_SETS,
             "logit_lens": 8,
+            # every cell evaluates every language
+            "ablation_cell": 3,
+            "finetune_cell": 2,
         }
     )
 
@@ -208,7 +216,10 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
         jobs = workflow.planned()
     finally:
         module.write_text(original)
-    assert rules_of(jobs) == Counter({"count_activations": 3, **AFTER_NEURON_SETS})
+    # the grids' cells draw random controls with selection.random_control, the baseline and "none" too
+    assert rules_of(jobs) == Counter(
+        {"count_activations": 3, **AFTER_NEURON_SETS, "ablation_cell": 3, "finetune_cell": 2}
+    )
 
 
 def test_editing_the_plotting_module_redraws_every_figure_and_nothing_else(workflow):
@@ -258,7 +269,7 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(scoring__shards="two"), "'two' is not of type 'integer'"),
         (dict(languages=["en", "xx"]), r"languages: \['xx'\] not available from corpus source 'demo'"),
         (dict(scoring__sites=["ffn", "mlp"]), "'mlp' is not one of"),
-        (dict(selection__set_kinds=["activated"]), "logit_lens.deactivate is 'specific' but selection.set_kinds"),
+        (dict(selection__set_kinds=["activated"]), r"ablation.set_kinds uses \['specific'\] but selection.set_kinds"),
         (dict(logit_lens__top_k=0), "0 is less than the minimum of 1"),
     ],
 )

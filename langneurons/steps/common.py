@@ -60,6 +60,28 @@ def check_config(config: Mapping[str, Any]) -> None:
             )
     elif not config["model"].get("id"):
         raise ConfigError("model.id is empty while model.demo is false: set a hub id or a local path")
+    for section in ("ablation", "finetune"):
+        targets = (config.get(section) or {}).get("targets") or []
+        unknown = [lang for lang in targets if lang not in languages]
+        if unknown:
+            raise ConfigError(
+                f"{section}.targets: {unknown} are not in `languages` {languages}, so they have no scores or "
+                f"neuron sets; add them to `languages` or remove them from {section}.targets"
+            )
+    built = config.get("selection", {}).get("set_kinds")
+    if built:
+        consumers = {
+            "ablation.set_kinds": config.get("ablation", {}).get("set_kinds", []),
+            "finetune.set_kind": [config.get("finetune", {}).get("set_kind")],
+            "logit_lens.deactivate": [config.get("logit_lens", {}).get("deactivate")],
+        }
+        for field, kinds in consumers.items():
+            missing = [kind for kind in kinds if kind and kind not in built]
+            if missing:
+                raise ConfigError(
+                    f"{field} uses {missing} but selection.set_kinds {list(built)} does not build that set: "
+                    f"add it to selection.set_kinds, or change {field}"
+                )
 
 
 def model_record(model_params: Mapping[str, Any], model_dir: str | None) -> dict[str, Any]:

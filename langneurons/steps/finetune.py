@@ -26,7 +26,7 @@ FINETUNE_COLUMNS = (
 
 def finetune_cell_step(
     corpus_paths: Mapping[str, str],
-    neurons_path: str,
+    neurons_path: str | None,
     model_params: Mapping[str, Any],
     model_dir: str | None,
     target_language: str,
@@ -46,8 +46,10 @@ def finetune_cell_step(
             f"finetune.n_docs={config.n_docs} but {target_language!r} has {len(documents)} finetune documents; "
             "raise corpus.split_sizes.finetune or lower finetune.n_docs"
         )
-    neurons = pd.read_parquet(neurons_path)
-    neurons = neurons[(neurons["language"] == target_language) & (neurons["set_kind"] == set_kind)]
+    neurons = pd.DataFrame(columns=["language", "set_kind", "layer", "site", "index"])
+    if neurons_path is not None:
+        neurons = pd.read_parquet(neurons_path)
+        neurons = neurons[(neurons["language"] == target_language) & (neurons["set_kind"] == set_kind)]
     if neurons.empty and method in ("targeted", "random", "lora"):
         raise ConfigError(
             f"{target_language!r} has no {set_kind!r} neurons to fine-tune; lower selection.rho or change "
@@ -79,3 +81,8 @@ def finetune_cell_step(
         tokens=record.tokens,
     )
     write_parquet_atomic(table[list(FINETUNE_COLUMNS)], table_path)
+
+
+def finetune_results_step(table_paths: list[str], out_path: str) -> None:
+    """All cells of the fine-tuning grid in one table."""
+    write_parquet_atomic(pd.concat([pd.read_parquet(path) for path in table_paths], ignore_index=True), out_path)
