@@ -135,9 +135,7 @@ class Filters:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise CorpusError(
-                f"filters has unknown key(s) {unknown}; the known filter keys are {sorted(known)}"
-            )
+            raise CorpusError(f"filters has unknown key(s) {unknown}; the known filter keys are {sorted(known)}")
         filters = cls(**dict(config))
         if filters.min_chars < 0 or (filters.max_chars is not None and filters.max_chars < filters.min_chars):
             raise CorpusError(
@@ -263,9 +261,7 @@ def _parse_split_sizes(split_sizes: Mapping[str, int | str]) -> dict[str, int | 
         elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0:
             parsed[name] = int(size)
         else:
-            raise CorpusError(
-                f"split_sizes.{name}={size!r} is not a size; use a non-negative integer or {ALL!r}"
-            )
+            raise CorpusError(f"split_sizes.{name}={size!r} is not a size; use a non-negative integer or {ALL!r}")
     if sum(v is None for v in parsed.values()) > 1:
         raise CorpusError(f"split_sizes={dict(split_sizes)!r}: at most one split may be {ALL!r}")
     return parsed
@@ -552,7 +548,9 @@ def _read_file(path: Path, text_field: str) -> list[str | None]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CorpusError(f"file {str(path)!r} line {i} is not JSON ({e.msg}); write one JSON object per line") from None
+            raise CorpusError(
+                f"file {str(path)!r} line {i} is not JSON ({e.msg}); write one JSON object per line"
+            ) from None
         if not isinstance(record, dict) or text_field not in record:
             raise _missing_column(path, text_field, record if isinstance(record, dict) else [])
         texts.append(record[text_field])
@@ -572,9 +570,7 @@ def _file_docs(source_config: Mapping[str, Any], language: str) -> list[_Doc]:
                 f"file {str(path)!r} has no text in column {text_field!r} (all {len(texts)} values are "
                 "empty); point source.text_field at the column that holds the documents"
             )
-        docs.extend(
-            _Doc(f"{language}:{path.name}:{i}", t, None) for i, t in enumerate(texts) if isinstance(t, str)
-        )
+        docs.extend(_Doc(f"{language}:{path.name}:{i}", t, None) for i, t in enumerate(texts) if isinstance(t, str))
     return docs
 
 
@@ -666,9 +662,7 @@ def _hf_docs(ds, source_config: Mapping[str, Any], language: str) -> Iterator[_D
 def _sample_hf(source_config, language, sizes, seed, filters) -> tuple[pd.DataFrame, dict]:
     _check_langid_supports(language, filters)
     if any(v is None for v in sizes.values()):
-        raise CorpusError(
-            f"split_sizes uses {ALL!r}, but the hf source is streamed and has no end; give a number"
-        )
+        raise CorpusError(f"split_sizes uses {ALL!r}, but the hf source is streamed and has no end; give a number")
     needed = sum(sizes.values())
     ds = _hf_stream(source_config, language, seed)
     stats: dict[str, int] = {}

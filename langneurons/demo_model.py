@@ -28,10 +28,11 @@ other language. The tokenizer sees the same weighting (English repeated).
 Training is seeded (Python, NumPy, torch, and a dedicated torch generator
 for the data) and runs in fp32, which is faster than bf16 autocast on the
 project's CPUs. It stops at ``max_steps`` or when ``max_seconds`` (tokenizer
-training plus model training) are used up, whichever comes first; the cosine schedule follows whichever of the two is closer to
-its end (see :func:`_schedule_progress`), so the model ends annealed either
-way. What stopped it, and for how many steps the clock led the schedule
-(0 means bit-reproducible), are recorded in ``training_log.json``.
+training plus model training) are used up, whichever comes first; the
+cosine schedule follows whichever of the two is closer to its end (see
+:func:`_schedule_progress`), so the model ends annealed either way. What
+stopped it, and for how many steps the clock led the schedule (0 means
+bit-reproducible), are recorded in ``training_log.json``.
 
 Output directory (written atomically: a temporary directory renamed into
 place): ``config.json``, ``model.safetensors``, ``generation_config.json``,

@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 
 from langneurons import corpora
-from langneurons.corpora import COLUMNS, CorpusError, normalize_text, read_corpus, sample_corpus, sample_language, write_corpus
+from langneurons.corpora import (
+    COLUMNS,
+    CorpusError,
+    normalize_text,
+    read_corpus,
+    sample_corpus,
+    sample_language,
+    write_corpus,
+)
 from langneurons.io import atomic_dir, atomic_path, provenance, write_json_atomic, write_parquet_atomic
 
 DEMO = {"source": "demo", "align_languages": ["en", "fr", "zh"]}
@@ -155,13 +163,14 @@ def test_hf_source_on_local_files(tmp_path, bible, fmt):
     cfg = {"source": "hf", "path": fmt, "data_files": {"en": str(path)}, "shuffle_buffer": 100}
     sizes = {"detect": 10, "eval": 10}
     a = sample_language(cfg, "en", sizes, 0, FILTERS)
-    b = sample_language(cfg, "en", sizes, 0, FILTERS)
-    c = sample_language(cfg, "en", sizes, 5, FILTERS)
     assert a["split"].value_counts().to_dict() == sizes
-    pd.testing.assert_frame_equal(a, b)
-    assert set(a["text"]) != set(c["text"])
     assert set(a["text"]) <= set(bible["en"][:40])
     _assert_disjoint(a)
+    if fmt == "json":  # (datasets sleeps 5 s after every streamed parquet read: check seeding once)
+        b = sample_language(cfg, "en", sizes, 0, FILTERS)
+        c = sample_language(cfg, "en", sizes, 5, FILTERS)
+        pd.testing.assert_frame_equal(a, b)
+        assert set(a["text"]) != set(c["text"])
 
 
 # ---------------------------------------------------------------- outputs
@@ -184,7 +193,14 @@ def test_write_corpus_parquet_and_manifest(tmp_path):
     changed = df.assign(text=df["text"].str.replace("神", "主"))
     other = write_corpus(changed, tmp_path / "c.parquet", tmp_path / "c.json", {})
     assert manifest["sha256"] == again["sha256"] != other["sha256"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.parquet", "c.json", "c.parquet", "zh.json", "zh.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "b.json",
+        "b.parquet",
+        "c.json",
+        "c.parquet",
+        "zh.json",
+        "zh.parquet",
+    ]
 
 
 def test_atomic_writers_leave_nothing_on_failure(tmp_path, monkeypatch):
@@ -264,7 +280,9 @@ def test_error_empty_or_missing_text_column(tmp_path):
     pd.DataFrame({"text": ["", None, "  "], "other": ["a", "b", "c"]}).to_parquet(tmp_path / "e.parquet")
     cfg = {"source": "files", "paths": {"en": str(tmp_path / "e.parquet")}}
     _fails(tmp_path, cfg, "en", SIZES, r"has no text in column 'text'")
-    _fails(tmp_path, {**cfg, "text_field": "body"}, "en", SIZES, r"text_field='body' is not a column.*\['other', 'text'\]")
+    _fails(
+        tmp_path, {**cfg, "text_field": "body"}, "en", SIZES, r"text_field='body' is not a column.*\['other', 'text'\]"
+    )
     (tmp_path / "e.jsonl").write_text('{"text": ""}\n{"text": ""}\n', encoding="utf-8")
     hf = {"source": "hf", "path": "json", "data_files": {"en": str(tmp_path / "e.jsonl")}}
     _fails(tmp_path, hf, "en", SIZES, r"text_field='text'.*is empty")

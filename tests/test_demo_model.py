@@ -48,7 +48,11 @@ def test_tiny_model_trains_saves_and_reloads_like_a_hub_model(trained, corpus):
     assert cfg.num_key_value_heads < cfg.num_attention_heads  # grouped-query attention
     assert cfg.vocab_size == len(tok) <= config.vocab_size
     assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}) == 3
-    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     for text in ("In the beginning God created", "起初，神创造天地。", "Au commencement, Dieu créa"):
         ids = tok(text)["input_ids"]
         assert ids[0] == tok.bos_token_id
