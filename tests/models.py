@@ -145,3 +145,21 @@ def to_padding_side(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[t
         else:
             out_ids[row, ids.shape[1] - n :], out_mask[row, ids.shape[1] - n :] = tokens, 1
     return out_ids, out_mask
+
+
+def word_tokenizer():
+    """A word-level tokenizer over the tiny models' vocabulary: text "w5 w17" is tokens [5, 17]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
+
+
+def save_tiny_model(path, name: str = "llama") -> str:
+    """A tiny model and its word tokenizer saved like a hub model, for steps that load by path."""
+    word_tokenizer().save_pretrained(path)
+    tiny_model(name).save_pretrained(path)
+    return str(path)

@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 import torch
-from models import ARCHITECTURE_NAMES, random_batch, tiny_model, to_padding_side
+from models import ARCHITECTURE_NAMES, random_batch, tiny_model, to_padding_side, word_tokenizer
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -282,22 +282,12 @@ def test_empty_document_is_rejected():
         score_batch(model, ids, mask)
 
 
-def _word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i + 3 for i in range(90)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>")
-
-
 def test_score_documents_returns_input_order_whatever_the_batching():
     from langneurons.scoring import score_documents
 
-    model, tokenizer = tiny_model("llama"), _word_tokenizer()
+    model, tokenizer = tiny_model("llama"), word_tokenizer()
     gen = torch.Generator().manual_seed(0)
-    texts = [" ".join(f"w{int(i)}" for i in torch.randint(90, (int(n),), generator=gen)) for n in [5, 12, 3, 9, 7]]
+    texts = [" ".join(f"w{int(i)}" for i in torch.randint(3, 90, (int(n),), generator=gen)) for n in [5, 12, 3, 9, 7]]
     one = score_documents(model, tokenizer, texts, batch_size=1, progress=False)
     three = score_documents(model, tokenizer, texts, batch_size=3, progress=False)
     for site in langneurons.SITES:
@@ -382,7 +372,7 @@ def test_lape_counts_leave_plnd_scores_and_default_outputs_unchanged():
 def test_score_documents_returns_lape_counts_in_input_order():
     from langneurons.scoring import score_documents
 
-    model, tokenizer = tiny_model("gpt2"), _word_tokenizer()
+    model, tokenizer = tiny_model("gpt2"), word_tokenizer()
     texts = ["w1 w2 w3", "w4 w5 w6 w7 w8 w9 w10", "w11 w12", "w13 w14 w15 w16 w17"]
     sites = ("ffn_active", "n_tokens")
     out = score_documents(model, tokenizer, texts, sites=sites, batch_size=2, progress=False)

@@ -7,10 +7,9 @@ import json
 import pandas as pd
 import pytest
 import torch
-from models import VOCAB, tiny_model
+from models import VOCAB, save_tiny_model
 from safetensors import safe_open
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langneurons.corpora import write_corpus
 from langneurons.interventions import zero_weights_
@@ -36,13 +35,7 @@ WORDS = {"en": range(10, 50), "fr": range(50, VOCAB)}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, VOCAB)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>").save_pretrained(path)
-    tiny_model("llama").save_pretrained(path)
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def _corpus(directory, language: str) -> str:
