@@ -457,8 +457,9 @@ def overlap_figure(neurons: pd.DataFrame, set_kind: str = "specific", title: str
         ax.set_xlabel("language")
         ax.set_ylabel("language (set size, neurons)")
         ax.set_title(f"detector: {detector}" if detector is not None else f"{set_kind} sets", fontsize=10)
-    fig.colorbar(image, ax=axes, label="Jaccard index |A∩B| / |A∪B| (diagonal omitted)", shrink=0.8)
-    fig.suptitle(title or f"Overlap of language-{set_kind} neuron sets", fontsize=11)
+    fig.colorbar(image, ax=axes, label="Jaccard index |A∩B| / |A∪B|\n(diagonal omitted)", shrink=0.8)
+    name = f"language-{set_kind}" if set_kind in ("activated", "specific", "exclusive") else f"{set_kind.upper()}"
+    fig.suptitle(title or f"Overlap of the {name} neuron sets", fontsize=11)
     return fig
 
 
@@ -535,6 +536,7 @@ def _log_ticks(low: float, high: float) -> list[float]:
 def _row_label(key: tuple, varying: dict[str, bool], n: float) -> str:
     detector, set_kind, target, condition = key
     parts = [p for p, show in ((detector, varying["detector"]), (set_kind, varying["set_kind"])) if show and p]
+    parts = list(dict.fromkeys(parts))  # LAPE's sets have set_kind "lape": say it once
     prefix = f"[{' '.join(parts)}] " if parts else ""
     size = f" (n={n:.0f})" if not np.isnan(n) else ""
     return f"{prefix}{target}: {condition}{size}"
@@ -605,7 +607,8 @@ def ablation_grid_figure(
     cmap = mpl.colormaps["RdBu_r" if lower_better else "RdBu"].with_extremes(bad="#DDDDDD")
 
     width = 2 * (0.55 * len(columns) + 0.6) + max(len(s) for s in labels) * 0.065 + 1.6
-    fig = Figure(figsize=(width, 0.32 * len(row_keys) + 1.9), layout="constrained")
+    # a floor on the height leaves room for the y label and the two-line colour-bar label of short grids
+    fig = Figure(figsize=(width, max(3.4, 0.32 * len(row_keys) + 1.9)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     image = None
     for ax, control in zip(axes, ("real", "random")):
@@ -642,7 +645,7 @@ def ablation_grid_figure(
             "language-specific neurons" if control == "real" else "random neurons (same sizes, seed mean)", fontsize=10
         )
         ax.tick_params(axis="y", length=0)
-    axes[0].set_ylabel("ablated set — target language: stage/structure (neurons)")
+    axes[0].set_ylabel("ablated set: target, condition")
     direction = "red = worse (lower is better)" if lower_better else "red = worse (higher is better)"
     bar = fig.colorbar(image, ax=list(axes), label=f"{unit}\n{direction}", shrink=0.9)
     if change == "ratio":
@@ -651,7 +654,7 @@ def ablation_grid_figure(
         bar.ax.minorticks_off()
     fig.suptitle(
         title
-        or f"Deactivation: change in {metric} per evaluation language (outlined: evaluated on the ablated language)",
+        or f"Deactivation: change in {metric} (outlined: evaluated on the ablated language)",
         fontsize=10,
     )
     return fig
@@ -799,8 +802,14 @@ def _dodge(x: np.ndarray, i: int, n: int, sizes: Sequence[float], log_x: bool) -
     offset = i - (n - 1) / 2
     if log_x:
         return x * 10 ** (0.012 * offset)
-    spacing = min(np.diff(sizes)) if len(sizes) > 1 else 1.0
+    spacing = min(np.diff(sizes)) if len(sizes) > 1 else max(abs(sizes[0]), 1.0)
     return x + 0.03 * spacing * offset
+
+
+STABILITY_PANELS = {
+    "halves": "disjoint halves of the documents",
+    "subsample": "n documents vs all documents",
+}
 
 
 def stability_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
@@ -808,39 +817,60 @@ def stability_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
 
     One line per language: the mean over replicates (halves/seeds), error
     bars one standard deviation; the languages are dodged sideways a little.
-    The x axis is logarithmic when the sizes span a factor of 8 or more.
+    The x axis is logarithmic when the sizes span a factor of 8 or more. A
+    ``kind`` column (from :func:`langneurons.selection.set_stability`) splits
+    the comparisons into panels: disjoint halves, and subsamples vs all.
     """
     require_columns(table, ["language", "n_docs", "jaccard"], "stability")
-    stats = table.groupby(["language", "n_docs"], sort=False)["jaccard"].agg(["mean", "std", "count"]).reset_index()
-    stats["std"] = stats["std"].fillna(0.0)
-    fig = Figure(figsize=(5.6, 3.6), layout="constrained")
-    ax = fig.subplots()
-    sizes = sorted(set(table["n_docs"]))
-    log_x = sizes[0] > 0 and sizes[-1] / sizes[0] >= 8
+    if table["jaccard"].notna().sum() == 0:
+        raise PlotInputError("stability: every Jaccard is NaN (all compared sets are empty)")
+    kinds = _ordered(table["kind"], list(STABILITY_PANELS)) if "kind" in table else [None]
     languages = _ordered(table["language"])
-    for i, language in enumerate(languages):
-        part = stats[stats["language"] == language].sort_values("n_docs")
-        ax.errorbar(
-            _dodge(part["n_docs"].to_numpy(float), i, len(languages), sizes, log_x),
-            part["mean"],
-            yerr=part["std"],
-            capsize=3,
-            markersize=4,
-            linewidth=1.4,
-            label=language,
-            **_series_style(i),
-        )
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xticks(sizes, [str(int(s)) for s in sizes])
-    ax.minorticks_off()
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("detection documents per language (count)")
-    ax.set_ylabel("Jaccard similarity between replicates")
-    ax.grid(alpha=0.3)
-    replicates = int(stats["count"].max())
-    fig.legend(*ax.get_legend_handles_labels(), title="language", loc="outside right center", frameon=False, fontsize=9)
-    ax.set_title(title or f"Stability of the neuron sets (mean ± std over {replicates} replicate(s))", fontsize=10)
+    fig = Figure(figsize=(3.0 + 2.9 * len(kinds), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(kinds), sharey=True))
+    replicates = 1
+    for ax, kind in zip(axes, kinds):
+        part_of_kind = table if kind is None else table[table["kind"] == kind]
+        stats = part_of_kind.groupby(["language", "n_docs"], sort=False)["jaccard"].agg(["mean", "std", "count"])
+        stats = stats.reset_index()
+        stats["std"] = stats["std"].fillna(0.0)
+        replicates = max(replicates, int(stats["count"].max()))
+        sizes = sorted(set(part_of_kind["n_docs"]))
+        log_x = sizes[0] > 0 and sizes[-1] / sizes[0] >= 8
+        for i, language in enumerate(languages):
+            part = stats[stats["language"] == language].sort_values("n_docs")
+            if part.empty:
+                continue
+            ax.errorbar(
+                _dodge(part["n_docs"].to_numpy(float), i, len(languages), sizes, log_x),
+                part["mean"],
+                yerr=part["std"],
+                capsize=3,
+                markersize=4,
+                linewidth=1.4,
+                label=language,
+                **_series_style(i),
+            )
+        if log_x:
+            ax.set_xscale("log")
+        if len(sizes) == 1:  # one size: keep the dodged points close together, as on a multi-size axis
+            ax.set_xlim(sizes[0] * 0.5, sizes[0] * 1.5)
+        ax.set_xticks(sizes, [str(int(s)) for s in sizes])
+        ax.minorticks_off()
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("documents per language in each set (count)")
+        ax.grid(alpha=0.3)
+        if kind is not None:
+            ax.set_title(STABILITY_PANELS.get(kind, str(kind)), fontsize=9)
+    axes[0].set_ylabel("Jaccard similarity of the two sets")
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(
+        list(handles.values()), list(handles), title="language", loc="outside right center", frameon=False, fontsize=9
+    )
+    fig.suptitle(title or f"Stability of the neuron sets (mean ± std over {replicates} replicate(s))", fontsize=10)
     return fig
 
 

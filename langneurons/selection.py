@@ -308,6 +308,37 @@ def set_summary(
     return counts, pd.DataFrame(overlaps, columns=["set_kind", "language_a", "language_b", "jaccard"])
 
 
+def detector_agreement(table: pd.DataFrame, kind_a: str, kind_b: str, site: str = "ffn") -> pd.DataFrame:
+    """Per language, how much two set kinds (e.g. PLND ``specific`` and ``lape``) agree on one site.
+
+    Returns ``language, set_kind_a, set_kind_b, site, n_a, n_b, n_both, jaccard``;
+    the Jaccard of two empty sets is NaN. LAPE finds FFN units only, so the
+    two detectors are compared on ``site="ffn"``.
+    """
+    rows = []
+    on_site = table[table["site"] == site]
+    keys = on_site.assign(key=list(zip(on_site["layer"], on_site["index"])))
+    for lang in sorted(table["language"].unique()):
+        mine = keys[keys["language"] == lang]
+        a = set(mine.loc[mine["set_kind"] == kind_a, "key"])
+        b = set(mine.loc[mine["set_kind"] == kind_b, "key"])
+        union = len(a | b)
+        rows.append(
+            {
+                "language": lang,
+                "set_kind_a": kind_a,
+                "set_kind_b": kind_b,
+                "site": site,
+                "n_a": len(a),
+                "n_b": len(b),
+                "n_both": len(a & b),
+                "jaccard": len(a & b) / union if union else float("nan"),
+            }
+        )
+    columns = ["language", "set_kind_a", "set_kind_b", "site", "n_a", "n_b", "n_both", "jaccard"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 # --------------------------------------------------------------------------- random controls
 
 

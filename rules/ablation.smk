@@ -10,14 +10,23 @@ ABLATION_CONTROLS = ["real"] + [f"random{seed}" for seed in ABLATION["control_se
 
 wildcard_constraints:
     condition=r"none|understanding|task_attention|task_ffn|generation|all",
+    detector=r"none|plnd|lape",
+    set_kind=r"none|activated|specific|exclusive|lape",
     control=r"real|random\d+",
+
+
+def detector_set_kinds(detector, condition):
+    """The set kinds a detector's cells deactivate; LAPE's sets are FFN-only, so none in task_attention."""
+    if detector == "lape":
+        return [] if condition == "task_attention" else ["lape"]
+    return ABLATION["set_kinds"]
 
 
 def ablation_cells():
     cells = [f"{RESULTS}/ablation/cells/none/none/none/none/real.parquet"]
     for condition in ABLATION["conditions"]:
         for detector in ABLATION["detectors"]:
-            for set_kind in ABLATION["set_kinds"]:
+            for set_kind in detector_set_kinds(detector, condition):
                 for target in ABLATION_TARGETS:
                     for control in ABLATION_CONTROLS:
                         cells.append(

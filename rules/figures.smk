@@ -10,11 +10,25 @@ if FIGURE_SETTINGS["set_kind"] not in config["selection"]["set_kinds"]:
 FIGURE_CODE = ("plotting.py", "interventions.py", "io.py", "steps/figures.py")
 
 
+METRICS = config["evaluation"]["metrics"]
+
+
+wildcard_constraints:
+    metric=r"perplexity|continuation",
+
+
 def figure_outputs():
     """Every figure this configuration draws (PNG and SVG)."""
-    names = ["fig1_language_ratio", "fig2_neuron_counts", "fig3_overlap"]
+    names = ["fig1_language_ratio", "fig2_neuron_counts", "fig3_overlap", "fig6_stability"]
     if LENS_DEACTIVATE:
         names.append("fig1b_language_ratio_deactivated")
+    if "lape" in DETECTORS:
+        names.append("fig3b_overlap_lape")
+    if config["ablation"]["conditions"]:
+        names += [f"fig4_ablation_{metric}" for metric in METRICS]
+    finetune_methods = config["finetune"]["methods"]
+    if "none" in finetune_methods and len(finetune_methods) > 1 and config["finetune"]["targets"] != []:
+        names += [f"fig5_finetune_{metric}" for metric in METRICS]
     return [f"{FIGURES}/{name}.{ext}" for name in names for ext in ("png", "svg")]
 
 
@@ -22,6 +36,10 @@ localrules:
     figure_language_ratio,
     figure_neuron_counts,
     figure_overlap,
+    figure_overlap_lape,
+    figure_ablation,
+    figure_finetune,
+    figure_stability,
 
 
 rule figure_language_ratio:
@@ -103,3 +121,67 @@ rule figure_overlap:
         f"{LOGS}/figures/fig3_overlap.log",
     script:
         "../workflow_scripts/figure_overlap.py"
+
+
+rule figure_overlap_lape:
+    input:
+        neurons=f"{RESULTS}/neurons/neurons.parquet",
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(
+            f"{FIGURES}/fig3b_overlap_lape.png", "overlap_lape", "2. Neuron sets", "overlap between languages (LAPE)"
+        ),
+        svg=f"{FIGURES}/fig3b_overlap_lape.svg",
+    params:
+        set_kind="lape",
+    log:
+        f"{LOGS}/figures/fig3b_overlap_lape.log",
+    script:
+        "../workflow_scripts/figure_overlap.py"
+
+
+rule figure_ablation:
+    input:
+        grid=f"{RESULTS}/ablation/grid.parquet",
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(
+            f"{FIGURES}/fig4_ablation_{{metric}}.png", "ablation", "3. Ablation (MWork)", "{metric}"
+        ),
+        svg=f"{FIGURES}/fig4_ablation_{{metric}}.svg",
+    log:
+        f"{LOGS}/figures/fig4_ablation_{{metric}}.log",
+    script:
+        "../workflow_scripts/figure_ablation.py"
+
+
+rule figure_finetune:
+    input:
+        results=f"{RESULTS}/finetune/results.parquet",
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(
+            f"{FIGURES}/fig5_finetune_{{metric}}.png", "finetune", "4. Targeted fine-tuning", "{metric}"
+        ),
+        svg=f"{FIGURES}/fig5_finetune_{{metric}}.svg",
+    log:
+        f"{LOGS}/figures/fig5_finetune_{{metric}}.log",
+    script:
+        "../workflow_scripts/figure_finetune.py"
+
+
+rule figure_stability:
+    input:
+        stability=f"{RESULTS}/neurons/stability.parquet",
+        code=library(*FIGURE_CODE),
+    output:
+        png=figure_report(
+            f"{FIGURES}/fig6_stability.png", "stability", "2. Neuron sets", "stability against the document count"
+        ),
+        svg=f"{FIGURES}/fig6_stability.svg",
+    params:
+        set_kind=config["selection"]["stability"]["set_kind"],
+    log:
+        f"{LOGS}/figures/fig6_stability.log",
+    script:
+        "../workflow_scripts/figure_stability.py"

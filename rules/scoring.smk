@@ -1,6 +1,16 @@
 # PLND scoring: per language, `scoring.shards` jobs, each scoring a disjoint share of the
 # detection documents. Raw per-document scores are cached, so that top-k and rho can change
-# without rescoring.
+# without rescoring. With the LAPE detector on, the same forward pass also counts, per FFN unit,
+# the tokens on which it fires.
+DETECTORS = config["selection"]["detectors"]
+
+
+def scoring_settings():
+    """config["scoring"], with LAPE's per-unit token counts among the sites when LAPE is on."""
+    settings = dict(config["scoring"])
+    if "lape" in DETECTORS:
+        settings["sites"] = [*settings["sites"], "ffn_active", "n_tokens"]
+    return canonical(settings)
 
 
 rule score_shard:
@@ -12,7 +22,7 @@ rule score_shard:
         f"{RESULTS}/scores/{{language}}/shard{{shard}}-of-{SHARDS}.safetensors",
     params:
         model=canonical(config["model"]),
-        scoring=canonical(config["scoring"]),
+        scoring=scoring_settings(),
         shards=SHARDS,
     threads: 2
     resources:

@@ -145,7 +145,9 @@ def finetune_table() -> pd.DataFrame:
 
 
 def stability_table() -> pd.DataFrame:
+    """Like selection.set_stability: disjoint halves (of 100 documents) and subsamples against all 200."""
     rng = np.random.default_rng(3)
+    draws = [("halves", 100)] + [("subsample", n) for n in (10, 25, 50, 100, 200)]
     return pd.DataFrame(
         [
             {
@@ -153,12 +155,23 @@ def stability_table() -> pd.DataFrame:
                 "n_docs": n,
                 "replicate": r,
                 "jaccard": min(1, 1 - 0.8 / np.sqrt(n / 10) + rng.normal(0, 0.03)),
+                "kind": kind,
             }
             for lang in LANGUAGES
-            for n in (10, 25, 50, 100, 200)
+            for kind, n in draws
             for r in range(4)
         ]
     )
+
+
+def test_stability_has_a_panel_per_comparison():
+    fig = plotting.stability_figure(stability_table())
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == list(plotting.STABILITY_PANELS.values())
+    without_kind = plotting.stability_figure(stability_table().query("kind == 'subsample'").drop(columns="kind"))
+    assert len(without_kind.axes) == 1
+    with pytest.raises(PlotInputError, match="every Jaccard is NaN"):
+        plotting.stability_figure(stability_table().assign(jaccard=np.nan))
 
 
 def render_all(directory) -> dict[str, tuple]:

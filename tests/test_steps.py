@@ -127,6 +127,11 @@ def _config(**changes):
             dict(selection={"set_kinds": ["activated"]}, finetune={"set_kind": "specific"}),
             r"finetune.set_kind uses \['specific'\] but selection.set_kinds \['activated'\]",
         ),
+        (
+            dict(selection={"detectors": ["plnd"]}, ablation={"detectors": ["plnd", "lape"]}),
+            r"ablation.detectors uses \['lape'\] but selection.detectors \['plnd'\] does not run it",
+        ),
+        (dict(selection={"detectors": ["lape"]}, scoring={"sites": ["attn_q"]}), "scoring.sites .* leaves out 'ffn'"),
     ],
 )
 def test_config_checks_name_the_field_and_the_fix(changes, message):
@@ -212,3 +217,68 @@ def test_finetune_cells_train_only_what_they_should(tmp_path, two_corpora, model
             corpora, neurons_path, MODEL, model_dir, "fr", "targeted", "specific", {**training, "n_docs": 5}, 0,
             EVALUATION, str(tmp_path / "x"), str(tmp_path / "x.parquet"),
         )  # fmt: skip
+
+
+def test_an_empty_condition_is_a_nan_cell_and_detectors_match_their_sets(tmp_path, two_corpora, model_dir):
+    from langneurons.steps.ablation import ablation_cell_step
+
+    corpora, neurons_path = two_corpora
+    stages = {"understanding": 1, "generation": 1}  # 3 layers: the set's only task-stage neuron is attn_q
+    cell = {"condition": "task_ffn", "detector": "plnd", "set_kind": "specific", "target_language": "fr",
+            "control_seed": None}  # fmt: skip
+    out = tmp_path / "cell.parquet"
+    ablation_cell_step(corpora, neurons_path, MODEL, model_dir, cell, stages, EVALUATION, str(out),
+                       str(tmp_path / "cell.json"))  # fmt: skip
+    table = pd.read_parquet(out)
+    assert len(table) == 2 and table["value"].isna().all() and (table["n_neurons_deactivated"] == 0).all()
+    with pytest.raises(ConfigError, match="LAPE's sets have set kind 'lape'"):
+        ablation_cell_step(corpora, neurons_path, MODEL, model_dir, {**cell, "detector": "lape"}, stages,
+                           EVALUATION, str(tmp_path / "x.parquet"), str(tmp_path / "x.json"))  # fmt: skip
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_neuron_sets_with_lape_agreement_and_stability(tmp_path, two_corpora, model_dir):
+    from langneurons.selection import lape_neurons_from_counts, set_stability
+    from langneurons.steps.neurons import neuron_sets_step, stability_step
+    from langneurons.steps.scoring import load_scores
+
+    corpora, _ = two_corpora
+    scoring = {**SCORING, "sites": [*SCORING["sites"], "ffn_active", "n_tokens"]}
+    shards, counts = {}, {}
+    for lang, path in corpora.items():
+        shards[lang] = [str(tmp_path / f"{lang}.safetensors")]
+        score_shard_step(path, MODEL, model_dir, 0, 1, scoring, shards[lang][0])
+        counts[lang] = str(tmp_path / f"{lang}-counts.safetensors")
+        count_activations_step(shards[lang], TOP_K, lang, counts[lang])
+    lape = {"entropy_quantile": 0.2, "filter_rate": 0.5, "activation_bar_ratio": 0.5}
+    out = {name: str(tmp_path / f"{name}.parquet") for name in ("neurons", "summary", "overlap", "agreement")}
+    neuron_sets_step(counts, 0.5, ["specific"], {"understanding": 1, "generation": 1}, out["neurons"],
+                     out["summary"], out["overlap"], str(tmp_path / "record.json"), lape=lape,
+                     agreement_path=out["agreement"])  # fmt: skip
+    table = pd.read_parquet(out["neurons"])
+    found = table[table["set_kind"] == "lape"].reset_index(drop=True)
+    expected = lape_neurons_from_counts({lang: ActivationCounts.load(p) for lang, p in counts.items()}, **lape)
+    assert len(found) > 0
+    pd.testing.assert_frame_equal(found, expected, check_dtype=False)
+    agreement = pd.read_parquet(out["agreement"]).set_index("language")
+    def ffn_units(lang, kind):
+        rows = table[(table["language"] == lang) & (table["site"] == "ffn") & (table["set_kind"] == kind)]
+        return set(zip(rows["layer"], rows["index"]))
+
+    for lang in corpora:
+        plnd, lape_set = ffn_units(lang, "specific"), ffn_units(lang, "lape")
+        assert agreement.loc[lang, "n_both"] == len(plnd & lape_set)
+        union = len(plnd | lape_set)
+        jaccard = len(plnd & lape_set) / union if union else float("nan")
+        assert agreement.loc[lang, "jaccard"] == pytest.approx(jaccard, nan_ok=True)
+    assert json.loads((tmp_path / "record.json").read_text())["config"]["lape"] == lape
+
+    settings = {"set_kind": "specific", "n_docs": [2, "all"], "replicates": 2}
+    stability_step(shards, TOP_K, 0.5, settings, 0, str(tmp_path / "stability.parquet"),
+                   str(tmp_path / "stability.json"))  # fmt: skip
+    stability = pd.read_parquet(tmp_path / "stability.parquet")
+    scores = {lang: {k: v for k, v in load_scores(p)[0].items() if k not in ("ffn_active", "n_tokens")}
+              for lang, p in shards.items()}  # fmt: skip
+    pd.testing.assert_frame_equal(stability, set_stability(scores, TOP_K, 0.5, "specific", [2, "all"], 0, 2))
+    assert set(stability["kind"]) == {"halves", "subsample"}
+    assert (stability.loc[stability["n_docs"] == 4, "jaccard"] == 1).all(), "all documents against themselves"

@@ -217,3 +217,55 @@ def test_neuron_figures_count_layers_from_the_summary(tmp_path):
     (tmp_path / "fig2.png").unlink()
     neuron_counts_step(str(neurons_path), str(summary_path), "exclusive", "site", {}, *paths)
     assert (tmp_path / "fig2.png").exists(), "an empty set kind gives a figure that says so, not a failed run"
+
+
+def figure_paths(directory, name: str) -> tuple[str, str]:
+    return str(directory / f"{name}.png"), str(directory / f"{name}.svg")
+
+
+def test_grid_figures_from_the_workflow_tables(tmp_path):
+    from langneurons.steps.figures import (
+        ablation_figure_step,
+        finetune_figure_step,
+        finetune_phases,
+        stability_figure_step,
+    )
+
+    rows = []
+    for condition, control, factor in (("none", "real", 1.0), ("all", "real", 2.0), ("all", "random", 1.01)):
+        for language in ("fr", "de"):
+            for metric, value in (("perplexity", 10.0), ("continuation", 0.5)):
+                rows.append(
+                    {"condition": condition, "detector": "plnd", "set_kind": "specific", "target_language": "fr",
+                     "control": control, "seed": 0, "eval_language": language, "metric": metric,
+                     "value": value * factor, "n_neurons_deactivated": 4}
+                )  # fmt: skip
+    pd.DataFrame(rows).to_parquet(tmp_path / "grid.parquet")
+    for metric in ("perplexity", "continuation"):
+        ablation_figure_step(str(tmp_path / "grid.parquet"), metric, *figure_paths(tmp_path, "a"))
+        assert (tmp_path / "a.png").stat().st_size > 1000
+
+    results = pd.DataFrame(
+        [
+            {"method": method, "target_language": "fr", "eval_language": language, "metric": "perplexity",
+             "value": value, "n": 3, "trainable_params": 0, "wall_s": 1.0, "tokens": 10}
+            for method, value in (("none", 10.0), ("targeted", 9.0), ("full", 8.0))
+            for language in ("fr", "de")
+        ]
+    )  # fmt: skip
+    phases = finetune_phases(results)
+    assert phases.loc[phases["phase"] == "before", "method"].isna().all()
+    assert set(phases.loc[phases["phase"] == "after", "method"]) == {"targeted", "full"}
+    results.to_parquet(tmp_path / "results.parquet")
+    finetune_figure_step(str(tmp_path / "results.parquet"), "perplexity", *figure_paths(tmp_path, "f"))
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    with pytest.raises(PlotInputError, match="add it to finetune.methods"):
+        finetune_phases(results[results["method"] != "none"])
+
+    stability = pd.DataFrame(
+        {"language": ["fr", "fr", "de", "de"], "n_docs": [2, 4, 2, 4], "replicate": 0, "jaccard": [0.5, 1, 0.4, 1],
+         "kind": ["halves", "subsample", "halves", "subsample"]}
+    )  # fmt: skip
+    stability.to_parquet(tmp_path / "stability.parquet")
+    stability_figure_step(str(tmp_path / "stability.parquet"), "specific", *figure_paths(tmp_path, "s"))
+    assert (tmp_path / "s.png").stat().st_size > 1000

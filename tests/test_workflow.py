@@ -34,6 +34,10 @@ FIGURES = {
     "fig1b_language_ratio_deactivated": "Logit lens with each language's specific neurons",
     "fig2_neuron_counts": "Where the language-specific neurons are.",
     "fig3_overlap": "How much the languages' specific neuron sets overlap.",
+    "fig3b_overlap_lape": "How much the languages' LAPE neuron sets overlap.",
+    "fig4_ablation_perplexity": "What deactivating each language's neurons does to every language (perplexity).",
+    "fig5_finetune_perplexity": "What fine-tuning for one language does to every language (perplexity).",
+    "fig6_stability": "How stable the language-specific neuron sets are.",
 }
 #: What a new neuron table reschedules downstream of it: each language's decoding with its specific
 #: neurons deactivated, the logit-lens table, and the figures that draw neurons (not figure 1).
@@ -44,13 +48,19 @@ AFTER_NEURON_SETS = {
     "figure_language_ratio_deactivated": 1,
     "figure_neuron_counts": 1,
     "figure_overlap": 1,
-    # the real and random ablation cells (not the baseline), and targeted fine-tuning (not "none")
-    "ablation_cell": 2,
+    "figure_overlap_lape": 1,
+    # the real and random ablation cells of PLND and LAPE (not the baseline), and targeted
+    # fine-tuning (not "none")
+    "ablation_cell": 4,
     "ablation_grid": 1,
+    "figure_ablation": 1,
     "finetune_cell": 1,
     "finetune_results": 1,
+    "figure_finetune": 1,
     "all": 1,
 }
+#: The stability of the sets is computed from the scores with the selection settings.
+STABILITY = {"stability": 1, "figure_stability": 1}
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 pytestmark = pytest.mark.workflow
@@ -140,6 +150,13 @@ def test_runs_end_to_end_and_then_has_nothing_to_do(workflow):
     assert set(ratios["condition"]) == {"none", "specific_deactivated"}
     assert set(ratios["language"]) == set(workflow.tiny["languages"])
     assert ratios.groupby(["condition", "language", "layer"])["share"].sum().round(9).eq(1).all()
+    assert "lape" in set(table["set_kind"]) and set(table.loc[table["set_kind"] == "lape", "site"]) == {"ffn"}
+    agreement = pd.read_parquet(workflow.results / "neurons" / "detector_agreement.parquet")
+    assert set(agreement["language"]) == set(workflow.tiny["languages"])
+    grid = pd.read_parquet(workflow.results / "ablation" / "grid.parquet")
+    assert set(zip(grid["detector"], grid["set_kind"])) == {("none", "none"), ("plnd", "specific"), ("lape", "lape")}
+    stability = pd.read_parquet(workflow.results / "neurons" / "stability.parquet")
+    assert set(stability["kind"]) == {"halves", "subsample"} and set(stability["n_docs"]) == {3, 6}
     for name in FIGURES:
         for ext in ("png", "svg"):
             assert (workflow.results / "figures" / f"{name}.{ext}").stat().st_size > 1000
@@ -158,14 +175,14 @@ def test_reordering_config_keys_reruns_nothing(workflow):
 
 def test_changing_rho_reruns_the_set_step_and_what_draws_or_deactivates_the_sets(workflow):
     jobs = workflow.planned(config=workflow.config_file("rho.yaml", selection__rho=0.8))
-    assert rules_of(jobs) == Counter(AFTER_NEURON_SETS)
+    assert rules_of(jobs) == Counter({**AFTER_NEURON_SETS, **STABILITY})
     assert lens_conditions(jobs) == {"specific_deactivated"}, "the plain logit lens does not use the sets"
 
 
 def test_changing_top_k_reruns_counts_and_sets_never_scoring(workflow):
     top_k = {"ffn": 0.1, "attn_q": 0.25, "attn_k": 0.25, "attn_v": 0.25}
     jobs = workflow.planned(config=workflow.config_file("topk.yaml", selection__top_k=top_k))
-    assert rules_of(jobs) == Counter({"count_activations": 3, **AFTER_NEURON_SETS})
+    assert rules_of(jobs) == Counter({"count_activations": 3, **AFTER_NEURON_SETS, **STABILITY})
 
 
 def test_adding_a_language_scores_only_that_language(workflow):
@@ -182,9 +199,10 @@ def test_adding_a_language_scores_only_that_language(workflow):
             "token_languages": 1,
             "figure_language_ratio": 1,
             **AFTER_NEURON_SETS,
+            **STABILITY,
             "logit_lens": 8,
             # every cell evaluates every language
-            "ablation_cell": 3,
+            "ablation_cell": 5,
             "finetune_cell": 2,
         }
     )
@@ -194,7 +212,7 @@ def test_rerunning_one_language(workflow):
     shards = sorted(str(p.relative_to(workflow.workdir)) for p in (workflow.results / "scores" / "fr").glob("*"))
     jobs = workflow.planned("--forcerun", *shards)
     assert {wildcards.get("language") for rule, wildcards in jobs if rule != "logit_lens"} - {None} == {"fr"}
-    assert rules_of(jobs) == Counter({"score_shard": 2, "count_activations": 1, **AFTER_NEURON_SETS})
+    assert rules_of(jobs) == Counter({"score_shard": 2, "count_activations": 1, **AFTER_NEURON_SETS, **STABILITY})
     assert lens_conditions(jobs) == {"specific_deactivated"}
 
 
@@ -218,7 +236,7 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
         module.write_text(original)
     # the grids' cells draw random controls with selection.random_control, the baseline and "none" too
     assert rules_of(jobs) == Counter(
-        {"count_activations": 3, **AFTER_NEURON_SETS, "ablation_cell": 3, "finetune_cell": 2}
+        {"count_activations": 3, **AFTER_NEURON_SETS, **STABILITY, "ablation_cell": 5, "finetune_cell": 2}
     )
 
 
@@ -230,7 +248,10 @@ def test_editing_the_plotting_module_redraws_every_figure_and_nothing_else(workf
         jobs = workflow.planned()
     finally:
         module.write_text(original)
-    figures = ("figure_language_ratio", "figure_language_ratio_deactivated", "figure_neuron_counts", "figure_overlap")
+    figures = (
+        "figure_language_ratio", "figure_language_ratio_deactivated", "figure_neuron_counts", "figure_overlap",
+        "figure_overlap_lape", "figure_ablation", "figure_finetune", "figure_stability",
+    )  # fmt: skip
     assert rules_of(jobs) == Counter({**dict.fromkeys(figures, 1), "all": 1})
 
 
@@ -271,6 +292,8 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(scoring__sites=["ffn", "mlp"]), "'mlp' is not one of"),
         (dict(selection__set_kinds=["activated"]), r"ablation.set_kinds uses \['specific'\] but selection.set_kinds"),
         (dict(logit_lens__top_k=0), "0 is less than the minimum of 1"),
+        (dict(selection__detectors=["plnd"]), r"ablation.detectors uses \['lape'\] but selection.detectors"),
+        (dict(selection__stability={"n_docs": [0]}), "0 is not valid under any of the given schemas"),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):

@@ -10,5 +10,7 @@ with logged(snakemake.log):
         neurons_path=snakemake.output.neurons,
         summary_path=snakemake.output.summary,
         overlap_path=snakemake.output.overlap,
+        agreement_path=snakemake.output.agreement,
+        lape=snakemake.params.lape,
         record_path=snakemake.output.record,
     )

@@ -7,6 +7,7 @@ evaluates every language. The baseline cell deactivates nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ GRID_COLUMNS = (
     "eval_language", "metric", "value", "n", "n_neurons_deactivated",
 )  # fmt: skip
 BASELINE = "none"
+logger = logging.getLogger(__name__)
 
 
 def cell_neurons(
@@ -35,20 +37,26 @@ def cell_neurons(
     site_sizes: Mapping[str, int],
     control_seed: int | None,
 ) -> pd.DataFrame:
-    """The neurons a cell deactivates: the target's set in the condition, or its random control."""
+    """The neurons a cell deactivates: the target's set in the condition, or its random control.
+
+    A set that exists but has no neurons in the condition (LAPE's FFN-only sets
+    in the attention stage, say) gives an empty table: a finding, not an error.
+    """
     chosen = neurons[(neurons["language"] == target_language) & (neurons["set_kind"] == set_kind)]
     if chosen.empty:
         known = sorted(neurons.loc[neurons["set_kind"] == set_kind, "language"].unique())
+        fix = (
+            "raise selection.lape.entropy_quantile, or remove the target or 'lape' from ablation.detectors"
+            if set_kind == "lape"
+            else "lower selection.rho / choose another set kind"
+        )
         raise ConfigError(
             f"ablation target {target_language!r} has no {set_kind!r} neurons (languages with such neurons: "
-            f"{known}); check ablation.targets against `languages`, or lower selection.rho / choose another set kind"
+            f"{known}); check ablation.targets against `languages`, or {fix}"
         )
     chosen = condition_neurons(chosen, condition, stages)
     if chosen.empty:
-        raise ConfigError(
-            f"the {set_kind!r} set of {target_language!r} has no neurons in condition {condition!r}: "
-            "remove the condition from ablation.conditions or change the stages"
-        )
+        return chosen
     if control_seed is not None:
         chosen = random_control(chosen, dict(site_sizes), len(stages), control_seed)
     return chosen
@@ -90,6 +98,11 @@ def ablation_cell_step(
     record_path: str,
 ) -> None:
     """Evaluate every language with one cell's neurons deactivated (none for the baseline)."""
+    if cell["condition"] != BASELINE and (cell["detector"] == "lape") != (cell["set_kind"] == "lape"):
+        raise ConfigError(
+            f"ablation cell with detector {cell['detector']!r} and set kind {cell['set_kind']!r}: LAPE's sets have "
+            "set kind 'lape' and PLND's are activated/specific/exclusive"
+        )
     model, tokenizer = load_configured_model(model_params, model_dir)
     eval_docs = {
         lang: corpora.read_corpus(path, "eval").sort_values("doc_id").head(settings["n_docs"])
@@ -110,8 +123,19 @@ def ablation_cell_step(
             site_sizes(model),
             cell["control_seed"],
         )
-    with deactivate(model, neurons):
-        rows = evaluate_languages(model, tokenizer, eval_docs, settings["metrics"], settings)
+    if cell["condition"] != BASELINE and neurons.empty:
+        logger.warning(
+            "the %r set of %r has no neurons in condition %r: the cell holds NaN",
+            cell["set_kind"], cell["target_language"], cell["condition"],
+        )  # fmt: skip
+        rows = [
+            {"eval_language": lang, "metric": metric, "value": float("nan"), "n": 0}
+            for lang in eval_docs
+            for metric in settings["metrics"]
+        ]
+    else:
+        with deactivate(model, neurons):
+            rows = evaluate_languages(model, tokenizer, eval_docs, settings["metrics"], settings)
     table = pd.DataFrame(rows).assign(
         condition=cell["condition"],
         detector=cell["detector"],

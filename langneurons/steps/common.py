@@ -68,6 +68,18 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"{section}.targets: {unknown} are not in `languages` {languages}, so they have no scores or "
                 f"neuron sets; add them to `languages` or remove them from {section}.targets"
             )
+    detectors = config.get("selection", {}).get("detectors") or ["plnd"]
+    unbuilt = [d for d in config.get("ablation", {}).get("detectors", []) if d not in detectors]
+    if unbuilt:
+        raise ConfigError(
+            f"ablation.detectors uses {unbuilt} but selection.detectors {list(detectors)} does not run it: "
+            "add it to selection.detectors, or remove it from ablation.detectors"
+        )
+    if "lape" in detectors and "ffn" not in config.get("scoring", {}).get("sites", ["ffn"]):
+        raise ConfigError(
+            "selection.detectors has 'lape', which counts FFN activations, but scoring.sites "
+            f"{config['scoring']['sites']} leaves out 'ffn': add 'ffn' to scoring.sites or drop 'lape'"
+        )
     built = config.get("selection", {}).get("set_kinds")
     if built:
         consumers = {

@@ -14,7 +14,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from langneurons.interventions import layer_stages
-from langneurons.plotting import PlotInputError, plot_language_ratio, plot_neuron_counts, plot_overlap, save_figure
+from langneurons.plotting import (
+    PlotInputError,
+    plot_ablation_grid,
+    plot_finetune_gains,
+    plot_language_ratio,
+    plot_neuron_counts,
+    plot_overlap,
+    plot_stability,
+    save_figure,
+)
 
 
 def stage_sizes(n_layers: int, stages: Mapping[str, int | None]) -> tuple[int, int]:
@@ -99,3 +108,35 @@ def overlap_step(neurons_path: str, set_kind: str, png_path: str, svg_path: str)
     """Figure 3: Jaccard overlap of the languages' ``set_kind`` sets."""
     _check_outputs(png_path, svg_path)
     return plot_overlap(pd.read_parquet(neurons_path), png_path, set_kind=set_kind)
+
+
+def ablation_figure_step(grid_path: str, metric: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
+    """Figure 4: the ablation grid for one metric, as the ratio to the unablated model, random controls beside."""
+    _check_outputs(png_path, svg_path)
+    grid = pd.read_parquet(grid_path)
+    return plot_ablation_grid(grid, png_path, metric=metric)
+
+
+def finetune_phases(results: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tuning grid as before/after rows: the "none" method's values are every method's "before"."""
+    before = results[results["method"] == "none"]
+    if before.empty:
+        raise PlotInputError(
+            "fine-tuning gains need the 'none' method (the model before fine-tuning): add it to finetune.methods"
+        )
+    after = results[results["method"] != "none"].assign(phase="after")
+    return pd.concat([before.assign(phase="before", method=None), after], ignore_index=True)
+
+
+def finetune_figure_step(results_path: str, metric: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
+    """Figure 5: per method and target, the gain on the target language and the mean gain on the others."""
+    _check_outputs(png_path, svg_path)
+    phases = finetune_phases(pd.read_parquet(results_path))
+    return plot_finetune_gains(phases, png_path, metric=metric)
+
+
+def stability_figure_step(stability_path: str, set_kind: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
+    """Figure 6: Jaccard of the sets from disjoint halves and from subsamples of the detection documents."""
+    _check_outputs(png_path, svg_path)
+    table = pd.read_parquet(stability_path)
+    return plot_stability(table, png_path, title=f"Stability of the {set_kind} neuron sets (mean ± std over draws)")

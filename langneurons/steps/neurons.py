@@ -1,12 +1,23 @@
-"""Workflow steps: activation counts per language, and the neuron sets of all languages."""
+"""Workflow steps: activation counts per language, the neuron sets of all languages, their stability."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
 
 from langneurons.interventions import layer_stages
 from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
-from langneurons.selection import ActivationCounts, neuron_sets, set_summary
+from langneurons.selection import (
+    LAPE_OUTPUTS,
+    ActivationCounts,
+    detector_agreement,
+    lape_neurons_from_counts,
+    neuron_sets,
+    set_stability,
+    set_summary,
+)
 from langneurons.steps.common import ConfigError
 from langneurons.steps.scoring import load_scores
 
@@ -17,7 +28,7 @@ def count_activations_step(
     scores, doc_ids = load_scores(shard_paths)
     if len(set(doc_ids)) != len(doc_ids):
         raise ConfigError(f"score shards of {language} overlap: a document was scored twice")
-    counts = ActivationCounts.from_scores(scores, {site: top_k[site] for site in scores})
+    counts = ActivationCounts.from_scores(scores, {site: top_k[site] for site in scores if site not in LAPE_OUTPUTS})
     counts.save(out_path, provenance({"top_k": dict(top_k)}, language=language, n_docs=len(doc_ids)))
 
 
@@ -30,9 +41,21 @@ def neuron_sets_step(
     summary_path: str,
     overlap_path: str,
     record_path: str,
+    lape: Mapping[str, float] | None = None,
+    agreement_path: str | None = None,
 ) -> None:
+    """The PLND set kinds of every language, plus LAPE's sets (set_kind "lape") when ``lape`` holds its options.
+
+    ``agreement_path`` receives, per language, the FFN Jaccard of LAPE's set
+    and PLND's ``specific`` set (or the first built kind); empty without LAPE.
+    """
     per_language = {lang: ActivationCounts.load(path) for lang, path in count_paths.items()}
     table = neuron_sets(per_language, rho, set_kinds)
+    agreement = detector_agreement(table.iloc[:0], "", "lape")
+    if lape is not None:
+        table = pd.concat([table, lape_neurons_from_counts(per_language, **lape)], ignore_index=True)
+        plnd_kind = "specific" if "specific" in set_kinds else set_kinds[0]
+        agreement = detector_agreement(table, plnd_kind, "lape")
     first = next(iter(per_language.values()))
     sizes = {site: tensor.shape[1] for site, tensor in first.counts.items()}
     n_layers = next(iter(first.counts.values())).shape[0]
@@ -41,12 +64,52 @@ def neuron_sets_step(
     write_parquet_atomic(table, neurons_path)
     write_parquet_atomic(summary, summary_path)
     write_parquet_atomic(overlap, overlap_path)
+    if agreement_path:
+        write_parquet_atomic(agreement, agreement_path)
     write_json_atomic(
         provenance(
-            {"rho": rho, "set_kinds": list(set_kinds), "stages": dict(stages)},
+            {"rho": rho, "set_kinds": list(set_kinds), "stages": dict(stages), "lape": lape},
             languages=sorted(per_language),
             n_docs={lang: c.n_docs for lang, c in per_language.items()},
             top_k=first.top_k,
+        ),
+        record_path,
+    )
+
+
+def stability_step(
+    shard_paths: Mapping[str, Sequence[str]],
+    top_k: Mapping[str, float],
+    rho: float,
+    settings: Mapping[str, Any],
+    seed: int,
+    out_path: str,
+    record_path: str,
+) -> None:
+    """Jaccard of the sets from disjoint halves and from subsamples of the detection documents (cached scores)."""
+    scores = {}
+    for lang, paths in shard_paths.items():
+        tensors, _ = load_scores(paths)
+        scores[lang] = {site: tensor for site, tensor in tensors.items() if site not in LAPE_OUTPUTS}
+    table = set_stability(
+        scores,
+        top_k,
+        rho,
+        set_kind=settings["set_kind"],
+        n_docs_grid=settings["n_docs"],
+        seed=seed,
+        replicates=settings["replicates"],
+    )
+    if table["jaccard"].isna().all():
+        raise ConfigError(
+            f"every {settings['set_kind']!r} set compared for stability is empty: lower selection.rho or raise "
+            "selection.top_k, or compare another selection.stability.set_kind"
+        )
+    write_parquet_atomic(table, out_path)
+    write_json_atomic(
+        provenance(
+            {"top_k": dict(top_k), "rho": rho, "stability": dict(settings), "seed": seed},
+            n_docs={lang: int(next(iter(t.values())).shape[0]) for lang, t in scores.items()},
         ),
         record_path,
     )

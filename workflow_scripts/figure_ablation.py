@@ -1,0 +1,10 @@
+from langneurons.steps.common import logged
+from langneurons.steps.figures import ablation_figure_step
+
+with logged(snakemake.log):
+    ablation_figure_step(
+        grid_path=snakemake.input.grid,
+        metric=snakemake.wildcards.metric,
+        png_path=snakemake.output.png,
+        svg_path=snakemake.output.svg,
+    )

@@ -1,0 +1,10 @@
+from langneurons.steps.common import logged
+from langneurons.steps.figures import finetune_figure_step
+
+with logged(snakemake.log):
+    finetune_figure_step(
+        results_path=snakemake.input.results,
+        metric=snakemake.wildcards.metric,
+        png_path=snakemake.output.png,
+        svg_path=snakemake.output.svg,
+    )
