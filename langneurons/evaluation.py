@@ -1445,6 +1445,25 @@ def mgsm(
     }
 
 
+def _generate_from_template(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Mapping],
+    template: str,
+    long_field: str,
+    max_new_tokens: int,
+    max_prompt_tokens: int | None,
+    stop: Sequence[str],
+    batch_size: int,
+    progress: bool,
+) -> list[str]:
+    """Greedy continuations of ``template`` filled from each record, ``long_field`` cut to fit the context."""
+    budget = _max_prompt_tokens(model, max_new_tokens, max_prompt_tokens)
+    prompts = [_fit_prompt(tokenizer, template, long_field, r, budget) for r in records]
+    return greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           stop=stop, progress=progress)  # fmt: skip
+
+
 XQUAD_TEMPLATE = "{context}\n\nQuestion: {question}\nAnswer:"
 
 
@@ -1462,10 +1481,8 @@ def xquad(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generative XQuAD: mean SQuAD F1 (character level for zh/ja/th) of greedy answers; also exact match."""
-    budget = _max_prompt_tokens(model, max_new_tokens, max_prompt_tokens)
-    prompts = [_fit_prompt(tokenizer, template, "context", r, budget) for r in records]
-    outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              stop=stop, progress=progress)
+    outputs = _generate_from_template(model, tokenizer, records, template, "context", max_new_tokens,
+                                      max_prompt_tokens, stop, batch_size, progress)  # fmt: skip
     f1 = [token_f1(text, r["answers"], language) for text, r in zip(outputs, records)]
     em = [exact_match(text, r["answers"], language) for text, r in zip(outputs, records)]
     return {
@@ -1571,10 +1588,8 @@ def xlsum(
     progress: bool = True,
 ) -> dict[str, Any]:
     """XLSum: mean ROUGE-L F between the greedy summary and the reference (see :func:`rouge_tokens`)."""
-    budget = _max_prompt_tokens(model, max_new_tokens, max_prompt_tokens)
-    prompts = [_fit_prompt(tokenizer, template, "text", r, budget) for r in records]
-    outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              stop=stop, progress=progress)
+    outputs = _generate_from_template(model, tokenizer, records, template, "text", max_new_tokens,
+                                      max_prompt_tokens, stop, batch_size, progress)  # fmt: skip
     scores = [rouge_l(text, r["summary"], language) for text, r in zip(outputs, records)]
     return {
         "value": float(np.mean([s.fmeasure for s in scores])),
