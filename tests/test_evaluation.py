@@ -265,6 +265,31 @@ def test_continuation_items_are_deterministic_and_parallel_across_languages():
     assert np.bincount(items["label"], minlength=4).max() < 15  # the answer is not always at one position
 
 
+def test_swapped_distractors_reorder_the_true_continuation():
+    docs = corpus()
+    items = E.build_continuation_items(docs, n_items=5, seed=3, distractors="swapped")
+    plain = E.build_continuation_items(docs, n_items=5, seed=3)
+    assert items["key"].tolist() == plain["key"].tolist() and items["label"].tolist() == plain["label"].tolist()
+    for (_, item), true_choices in zip(items.iterrows(), plain["choices"]):
+        true = item["choices"][item["label"]]
+        assert item["choice_keys"][item["label"]] == item["key"]
+        assert true == true_choices[item["label"]], "the true continuation is the same as with documents"
+        wrong = [c for i, c in enumerate(item["choices"]) if i != item["label"]]
+        assert len(set(wrong)) == 3 and true not in wrong
+        for choice in wrong:
+            assert sorted(choice.split()) == sorted(true.split()), "same words, another order"
+            moved = sum(a != b for a, b in zip(choice.split(), true.split()))
+            assert 2 <= moved <= 4, "two swaps of neighbours move at most four words"
+    again = E.build_continuation_items(docs.sample(frac=1.0, random_state=2), n_items=5, seed=3, distractors="swapped")
+    pd.testing.assert_frame_equal(items, again)
+    # languages written without spaces swap characters
+    versions = E._swapped_versions("我爱北京天安门", 3, 1, np.random.default_rng(0))
+    assert len(set(versions)) == 3 and all(sorted(v) == sorted("我爱北京天安门") for v in versions)
+    assert E._swapped_versions("太短", 3, 1, np.random.default_rng(0)) is None
+    with pytest.raises(E.EvaluationError, match="distractors='mixed'"):
+        E.build_continuation_items(docs, n_items=5, seed=3, distractors="mixed")
+
+
 def test_continuation_items_drop_keys_that_do_not_split_in_every_language():
     docs = corpus(short={("fr", 2)})
     with pytest.warns(UserWarning, match="only 7 eligible"):

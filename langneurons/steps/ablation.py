@@ -70,7 +70,9 @@ def evaluate_languages(
     items = None
     if "continuation" in metrics:
         frames = pd.concat(list(eval_docs.values()), ignore_index=True)
-        items = evaluation.build_continuation_items(frames, settings["n_items"], settings["seed"])
+        items = evaluation.build_continuation_items(
+            frames, settings["n_items"], settings["seed"], distractors=settings["distractors"], swaps=settings["swaps"]
+        )
     for language, docs in eval_docs.items():
         for metric in metrics:
             if metric == "perplexity":
