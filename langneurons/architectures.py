@@ -15,8 +15,9 @@ GPT-NeoX's and BLOOM's ``query_key_value``) are split by output column.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -243,6 +244,48 @@ def site_sizes(model: nn.Module) -> dict[str, int]:
     """Number of neurons per layer for each site."""
     dims = dimensions(model)
     return {site: dims.site_size(site) for site in SITES}
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where inputs must go: the device of the input embeddings (also under ``device_map``)."""
+    device = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def check_batch(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, error: type[Exception] = ValueError
+) -> None:
+    """A padded batch: ``[batch, tokens]`` ids and mask of one shape, and no document without tokens."""
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise error(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
+            "[batch, tokens]"
+        )
+    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise error(f"documents {empty} of the batch have no tokens (attention_mask is all zero); drop them")
+
+
+def forward_inputs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_logit_only: bool = False, **extra
+) -> dict[str, Any]:
+    """Keyword arguments for ``model(**...)`` on a padded batch, on the input device.
+
+    Positions are counted from each document's first token, so the scores and
+    logits do not depend on the padding side. ``last_logit_only`` asks for the
+    logits of the last position only, for callers that read hidden states or
+    hooks instead.
+    """
+    device = input_device(model)
+    inputs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    accepted = inspect.signature(model.forward).parameters
+    if "use_cache" in accepted:
+        inputs["use_cache"] = False
+    if "position_ids" in accepted:
+        inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
+    if last_logit_only and "logits_to_keep" in accepted:
+        inputs["logits_to_keep"] = 1
+    return inputs | extra
 
 
 def projection_path(arch: Architecture, site: str) -> str:

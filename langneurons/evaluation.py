@@ -64,6 +64,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from langneurons.architectures import forward_inputs, input_device
+
 __all__ = [
     "BENCHMARKS",
     "METRICS",
@@ -205,12 +207,6 @@ def identify_languages(texts: Sequence[str], languages: Sequence[str] | None = N
 # --------------------------------------------------------------------------
 
 
-def _input_device(model: torch.nn.Module) -> torch.device:
-    """Where inputs must go: the device of the input embeddings (also under ``device_map``)."""
-    device = model.get_input_embeddings().weight.device
-    return torch.device("cpu") if device.type == "meta" else device
-
-
 @contextmanager
 def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     was_training = model.training
@@ -278,16 +274,6 @@ def _pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[to
     return ids, mask
 
 
-@functools.lru_cache(maxsize=32)
-def _forward_accepts_position_ids(model_class: type) -> bool:
-    return "position_ids" in inspect.signature(model_class.forward).parameters
-
-
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise EvaluationError(f"batch_size={batch_size!r} must be a positive integer")
@@ -319,18 +305,14 @@ def sequence_logprobs(
     if not sequences:
         return sums, counts
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    device = _input_device(model)
-    pass_positions = _forward_accepts_position_ids(type(model))
+    device = input_device(model)
     with _eval_mode(model), tqdm(total=len(sequences), desc=desc, disable=not progress, leave=False) as bar:
         for first in range(0, len(order), batch_size):
             rows = order[first : first + batch_size]
             ids, mask = _pad([sequences[i] for i in rows], pad_id, padding_side)
             starts = torch.tensor([max(1, int(target_starts[i])) for i in rows], dtype=torch.long)
             ids, mask = ids.to(device), mask.to(device)
-            kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-            if pass_positions:
-                kwargs["position_ids"] = _position_ids(mask)
-            logits = model(**kwargs).logits
+            logits = model(**forward_inputs(model, ids, mask)).logits
             # predict token t from position t-1
             # log p = logit - logsumexp, in float32: no second [batch, tokens, vocab] tensor
             shifted = logits[:, :-1].float()
@@ -899,7 +881,7 @@ def greedy_generate(
         raise EvaluationError("a prompt encodes to no tokens; prompts must not be empty")
     pad_id = _pad_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
-    device = _input_device(model)
+    device = input_device(model)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(encoded)
     with _eval_mode(model), tqdm(total=len(encoded), desc="generating", disable=not progress, leave=False) as bar:

@@ -41,7 +41,6 @@ runs the model.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,7 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from langneurons.architectures import get_architecture
+from langneurons.architectures import check_batch, forward_inputs, get_architecture
 
 __all__ = [
     "CATEGORIES",
@@ -358,35 +357,6 @@ def _decoder(model: nn.Module) -> _Decoder:
     return _Decoder(_final_norm(model), _post_norm_projection(model), unembedding, device, last_is_normed)
 
 
-def _validate_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
-        raise LogitLensError(
-            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
-            "[batch, tokens]"
-        )
-    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise LogitLensError(f"documents {empty} of the batch have no tokens (attention_mask is all zero); drop them")
-
-
-def _model_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
-    """Forward kwargs on the embedding's device, with padding-side-independent positions."""
-    device = model.get_input_embeddings().weight.device
-    inputs = {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "use_cache": False,
-        "output_hidden_states": True,
-    }
-    accepted = inspect.signature(model.forward).parameters
-    if "position_ids" in accepted:
-        # Count positions from each document's first token, so left padding does not shift them.
-        inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
-    if "logits_to_keep" in accepted:
-        inputs["logits_to_keep"] = 1  # the lens decodes hidden states itself; skip the full logits
-    return inputs
-
-
 def _decoded_positions(attention_mask: torch.Tensor, skip_first_tokens: int) -> torch.Tensor:
     """Bool ``[batch, tokens]``: non-padding positions from each document's ``skip_first_tokens``-th token on."""
     mask = attention_mask.bool()
@@ -426,7 +396,7 @@ def layer_label_counts(
     ``skip_first_tokens`` leaves out each document's first tokens (e.g. BOS,
     whose hidden state is an attention sink rather than language).
     """
-    _validate_batch(input_ids, attention_mask)
+    check_batch(input_ids, attention_mask, LogitLensError)
     if top_k < 1:
         raise LogitLensError(f"top_k={top_k!r} must be >= 1")
     if skip_first_tokens < 0:
@@ -442,7 +412,9 @@ def layer_label_counts(
     chunk = max(1, chunk_bytes // (vocab * 4))
 
     with torch.no_grad():
-        hidden_states = model(**_model_inputs(model, input_ids, attention_mask)).hidden_states[1:]
+        # the lens decodes hidden states itself, so the full logits are skipped
+        inputs = forward_inputs(model, input_ids, attention_mask, last_logit_only=True, output_hidden_states=True)
+        hidden_states = model(**inputs).hidden_states[1:]
         counts = torch.zeros(len(hidden_states), n_classes, dtype=torch.long, device=decoder.device)
         if n_positions == 0:
             return counts.cpu(), 0

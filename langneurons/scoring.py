@@ -56,7 +56,6 @@ layer's device until the end of the batch, so models dispatched with
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -74,9 +73,12 @@ from langneurons.architectures import (
     SITES,
     Architecture,
     Dimensions,
+    check_batch,
     dimensions,
+    forward_inputs,
     get_architecture,
     get_submodule,
+    input_device,
     lape_activation_source,
     weight_out_in,
 )
@@ -446,14 +448,7 @@ def _validate(sites: Sequence[str], method: str, input_ids: torch.Tensor, attent
         )
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use 'paper' (the default) or 'released_code'")
-    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
-        raise ValueError(
-            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
-            "[batch, tokens]"
-        )
-    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"documents {empty} of the batch have no tokens (attention_mask is all zero); drop them")
+    check_batch(input_ids, attention_mask)
 
 
 def score_batch(
@@ -480,9 +475,8 @@ def score_batch(
     _validate(sites, method, input_ids, attention_mask)
     arch = get_architecture(model)
     dims = dimensions(model)
-    device = model.get_input_embeddings().weight.device
     if chunk_bytes is None:
-        chunk_bytes = DEFAULT_CHUNK_BYTES["cpu" if device.type in ("cpu", "meta") else "accelerator"]
+        chunk_bytes = DEFAULT_CHUNK_BYTES["cpu" if input_device(model).type == "cpu" else "accelerator"]
     valid = attention_mask.detach().to("cpu").bool()
     batch = _Batch(
         valid=valid,
@@ -492,13 +486,7 @@ def score_batch(
         chunk_bytes=int(chunk_bytes),
         scores={site: [None] * dims.n_layers for site in sites if site != "n_tokens"},
     )
-    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "use_cache": False}
-    accepted = inspect.signature(model.forward).parameters
-    if "position_ids" in accepted:
-        # Count positions from each document's first token, so left padding does not shift them.
-        inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).to(device)
-    if "logits_to_keep" in accepted:
-        inputs["logits_to_keep"] = 1
+    inputs = forward_inputs(model, input_ids, attention_mask, last_logit_only=True)
 
     with ExitStack() as stack, torch.no_grad():
         if "ffn" in sites:

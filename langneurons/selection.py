@@ -42,6 +42,7 @@ SET_KINDS: tuple[str, ...] = ("activated", "specific", "exclusive")
 #: Per-document LAPE counts (``langneurons.scoring.COUNT_OUTPUTS``) that
 #: :meth:`ActivationCounts.from_scores` sums instead of ranking.
 LAPE_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
+AGREEMENT_COLUMNS: tuple[str, ...] = ("language", "set_kind_a", "set_kind_b", "site", "n_a", "n_b", "n_both", "jaccard")
 NEURON_COLUMNS: tuple[str, ...] = ("language", "set_kind", "layer", "site", "index", "frequency", "mean_importance")
 
 
@@ -277,6 +278,12 @@ def neuron_sets(
     return table.sort_values(["language", "set_kind", "layer", "site", "index"], ignore_index=True)
 
 
+def _jaccard(a: set, b: set) -> float:
+    """|a ∩ b| / |a ∪ b|; NaN for two empty sets."""
+    union = len(a | b)
+    return len(a & b) / union if union else float("nan")
+
+
 def set_summary(
     table: pd.DataFrame, languages: Sequence[str], site_sizes: Mapping[str, int], n_layers: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -302,10 +309,14 @@ def set_summary(
         sets = {lang: set(rows.loc[rows["language"] == lang, "key"]) for lang in languages}
         for a in languages:
             for b in languages:
-                union = len(sets[a] | sets[b])
-                jaccard = len(sets[a] & sets[b]) / union if union else float("nan")
+                jaccard = _jaccard(sets[a], sets[b])
                 overlaps.append({"set_kind": kind, "language_a": a, "language_b": b, "jaccard": jaccard})
     return counts, pd.DataFrame(overlaps, columns=["set_kind", "language_a", "language_b", "jaccard"])
+
+
+def language_set(table: pd.DataFrame, language: str, set_kind: str) -> pd.DataFrame:
+    """The rows of ``language``'s ``set_kind`` set in a neuron table (possibly none), reindexed from 0."""
+    return table[(table["language"] == language) & (table["set_kind"] == set_kind)].reset_index(drop=True)
 
 
 def detector_agreement(table: pd.DataFrame, kind_a: str, kind_b: str, site: str = "ffn") -> pd.DataFrame:
@@ -322,7 +333,6 @@ def detector_agreement(table: pd.DataFrame, kind_a: str, kind_b: str, site: str 
         mine = keys[keys["language"] == lang]
         a = set(mine.loc[mine["set_kind"] == kind_a, "key"])
         b = set(mine.loc[mine["set_kind"] == kind_b, "key"])
-        union = len(a | b)
         rows.append(
             {
                 "language": lang,
@@ -332,11 +342,10 @@ def detector_agreement(table: pd.DataFrame, kind_a: str, kind_b: str, site: str 
                 "n_a": len(a),
                 "n_b": len(b),
                 "n_both": len(a & b),
-                "jaccard": len(a & b) / union if union else float("nan"),
+                "jaccard": _jaccard(a, b),
             }
         )
-    columns = ["language", "set_kind_a", "set_kind_b", "site", "n_a", "n_b", "n_both", "jaccard"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=list(AGREEMENT_COLUMNS))
 
 
 # --------------------------------------------------------------------------- random controls

@@ -33,12 +33,20 @@ def model_dir():
     return [f"{RESULTS}/model"] if config["model"]["demo"] else []
 
 
+def ablation_grid_on():
+    return bool(config["ablation"]["conditions"])
+
+
+def finetune_grid_on():
+    return bool(config["finetune"]["methods"]) and config["finetune"]["targets"] != []
+
+
 def final_outputs():
     outputs = [f"{RESULTS}/neurons/neurons.parquet", f"{RESULTS}/logit_lens/all.parquet", *figure_outputs()]
     if config["model"]["demo"]:
         outputs.append(f"{RESULTS}/model")
-    if config["ablation"]["conditions"]:
+    if ablation_grid_on():
         outputs.append(f"{RESULTS}/ablation/grid.parquet")
-    if config["finetune"]["methods"] and config["finetune"]["targets"] != []:
+    if finetune_grid_on():
         outputs.append(f"{RESULTS}/finetune/results.parquet")
     return outputs

@@ -24,10 +24,10 @@ def figure_outputs():
         names.append("fig1b_language_ratio_deactivated")
     if "lape" in DETECTORS:
         names.append("fig3b_overlap_lape")
-    if config["ablation"]["conditions"]:
+    if ablation_grid_on():
         names += [f"fig4_ablation_{metric}" for metric in METRICS]
-    finetune_methods = config["finetune"]["methods"]
-    if "none" in finetune_methods and len(finetune_methods) > 1 and config["finetune"]["targets"] != []:
+    # figure 5 compares each method with "none" (the model before fine-tuning)
+    if finetune_grid_on() and "none" in config["finetune"]["methods"] and len(config["finetune"]["methods"]) > 1:
         names += [f"fig5_finetune_{metric}" for metric in METRICS]
     return [f"{FIGURES}/{name}.{ext}" for name in names for ext in ("png", "svg")]
 

@@ -17,7 +17,7 @@ from langneurons import corpora, evaluation
 from langneurons.architectures import site_sizes
 from langneurons.interventions import condition_neurons, deactivate, layer_stages
 from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
-from langneurons.selection import random_control
+from langneurons.selection import language_set, random_control
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
 GRID_COLUMNS = (
@@ -42,7 +42,7 @@ def cell_neurons(
     A set that exists but has no neurons in the condition (LAPE's FFN-only sets
     in the attention stage, say) gives an empty table: a finding, not an error.
     """
-    chosen = neurons[(neurons["language"] == target_language) & (neurons["set_kind"] == set_kind)]
+    chosen = language_set(neurons, target_language, set_kind)
     if chosen.empty:
         known = sorted(neurons.loc[neurons["set_kind"] == set_kind, "language"].unique())
         fix = (

@@ -16,6 +16,7 @@ import pandas as pd
 
 from langneurons import corpora, finetuning
 from langneurons.io import write_parquet_atomic
+from langneurons.selection import language_set
 from langneurons.steps.ablation import evaluate_languages
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
@@ -48,8 +49,7 @@ def finetune_cell_step(
         )
     neurons = pd.DataFrame(columns=["language", "set_kind", "layer", "site", "index"])
     if neurons_path is not None:
-        neurons = pd.read_parquet(neurons_path)
-        neurons = neurons[(neurons["language"] == target_language) & (neurons["set_kind"] == set_kind)]
+        neurons = language_set(pd.read_parquet(neurons_path), target_language, set_kind)
     if neurons.empty and method in ("targeted", "random", "lora"):
         raise ConfigError(
             f"{target_language!r} has no {set_kind!r} neurons to fine-tune; lower selection.rho or change "

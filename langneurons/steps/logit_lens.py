@@ -21,6 +21,7 @@ from langneurons.logit_lens import (
     language_ratio,
     token_language_table,
 )
+from langneurons.selection import language_set
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
 #: The language the ratio compares every document language with.
@@ -123,11 +124,6 @@ def eval_documents(docs: pd.DataFrame, n_docs: int | None) -> pd.DataFrame:
     return selected if n_docs is None else selected.head(n_docs)
 
 
-def neurons_to_deactivate(neurons: pd.DataFrame, language: str, set_kind: str) -> pd.DataFrame:
-    """The rows of ``language``'s ``set_kind`` set (possibly none)."""
-    return neurons[(neurons["language"] == language) & (neurons["set_kind"] == set_kind)].reset_index(drop=True)
-
-
 def logit_lens_step(
     corpus_path: str,
     token_table_path: str,
@@ -162,7 +158,7 @@ def logit_lens_step(
     model, tokenizer = load_configured_model(model_params, model_dir)
     neurons = pd.DataFrame(columns=["layer", "site", "index"])
     if deactivating:
-        neurons = neurons_to_deactivate(pd.read_parquet(neurons_path), language, set_kind)
+        neurons = language_set(pd.read_parquet(neurons_path), language, set_kind)
     batches = batches_from_texts(tokenizer, docs["text"].tolist(), settings["batch_size"], settings["max_length"])
     with deactivate(model, neurons):
         ratios = language_ratio(

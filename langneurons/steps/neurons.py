@@ -10,7 +10,7 @@ import pandas as pd
 from langneurons.interventions import layer_stages
 from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
 from langneurons.selection import (
-    LAPE_OUTPUTS,
+    AGREEMENT_COLUMNS,
     ActivationCounts,
     detector_agreement,
     lape_neurons_from_counts,
@@ -28,7 +28,7 @@ def count_activations_step(
     scores, doc_ids = load_scores(shard_paths)
     if len(set(doc_ids)) != len(doc_ids):
         raise ConfigError(f"score shards of {language} overlap: a document was scored twice")
-    counts = ActivationCounts.from_scores(scores, {site: top_k[site] for site in scores if site not in LAPE_OUTPUTS})
+    counts = ActivationCounts.from_scores(scores, top_k)
     counts.save(out_path, provenance({"top_k": dict(top_k)}, language=language, n_docs=len(doc_ids)))
 
 
@@ -51,7 +51,7 @@ def neuron_sets_step(
     """
     per_language = {lang: ActivationCounts.load(path) for lang, path in count_paths.items()}
     table = neuron_sets(per_language, rho, set_kinds)
-    agreement = detector_agreement(table.iloc[:0], "", "lape")
+    agreement = pd.DataFrame(columns=list(AGREEMENT_COLUMNS))
     if lape is not None:
         table = pd.concat([table, lape_neurons_from_counts(per_language, **lape)], ignore_index=True)
         plnd_kind = "specific" if "specific" in set_kinds else set_kinds[0]
@@ -87,10 +87,8 @@ def stability_step(
     record_path: str,
 ) -> None:
     """Jaccard of the sets from disjoint halves and from subsamples of the detection documents (cached scores)."""
-    scores = {}
-    for lang, paths in shard_paths.items():
-        tensors, _ = load_scores(paths)
-        scores[lang] = {site: tensor for site, tensor in tensors.items() if site not in LAPE_OUTPUTS}
+    # set_stability reads the PLND sites and ignores LAPE's counts
+    scores = {lang: load_scores(paths)[0] for lang, paths in shard_paths.items()}
     table = set_stability(
         scores,
         top_k,
