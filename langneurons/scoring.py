@@ -181,25 +181,36 @@ def _prob_change_sumsq(
     raw: torch.Tensor,
     bias: torch.Tensor,
     probs: torch.Tensor,
-    left: torch.Tensor,
-    right: torch.Tensor,
+    left: torch.Tensor | None,
+    right: torch.Tensor | None,
     delta_scale: float,
     softcap: float | None,
     chunk_bytes: int,
+    row_scale: torch.Tensor | None = None,
+    column_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum of squared changes of one document's attention probabilities, per removed dimension.
 
     ``raw``/``probs``: [H, n, n] pre-softcap scores and probabilities; ``bias``:
-    [1|H, n, n]. Dimension d of head h removes ``Delta[t, s] = left[h, d, t, :] .
-    right[h, d, :, s]`` (a rank-2 update: the dimension and its rotary partner),
-    scaled by ``delta_scale``. Returns [H, D].
+    [1|H, n, n]. Removing dimension d of head h turns the scores into
+
+        softcap(row_scale[h, d, t] * column_scale[h, d, s] * (raw[h, t, s] - delta_scale * Delta[t, s])) + bias
+
+    with ``Delta[t, s] = left[h, d, t, :] . right[h, d, :, s]`` (a rank-2 update: the
+    dimension and its rotary partner). The scales are how a query/key norm over
+    the projection rescales the whole vector when one of its inputs is zeroed
+    (``None``: 1). ``left``/``right`` may be ``None`` (no Delta: only the scales
+    change the scores); the number of dimensions then comes from the scales.
+    Returns [H, D].
     """
-    n_heads, n_dims, n, _ = left.shape
+    reference = next(x for x in (left, row_scale, column_scale) if x is not None)
+    n_heads, n_dims, n = reference.shape[0], reference.shape[1], raw.shape[-1]
     # ~3 float32 [row block, n] temporaries per dimension
     chunk = max(1, min(n_dims, chunk_bytes // (3 * min(n, _ROW_BLOCK) * n * 4)))
     # Attention is causal: query rows before t1 never see keys from t1 on, so
     # row block [t0, t1) needs only key columns [0, t1): about 40% less work.
     blocks = [(t0, min(n, t0 + _ROW_BLOCK)) for t0 in range(0, n, _ROW_BLOCK)]
+    plain = softcap is None and row_scale is None and column_scale is None and left is not None
     out = torch.zeros(n_heads, n_dims, device=raw.device)
     for head in range(n_heads):
         head_bias = bias[head if bias.shape[0] > 1 else 0]
@@ -207,14 +218,22 @@ def _prob_change_sumsq(
             dims_ = slice(start, min(n_dims, start + chunk))
             for t0, t1 in blocks:
                 rows, cols = slice(t0, t1), slice(0, t1)
-                row_part, column_part = left[head, dims_, rows], right[head, dims_, :, cols]
-                if softcap is None:
+                if plain:
                     # one fused pass: logits - delta_scale * (left @ right)
                     logits = raw[head, rows, cols] + head_bias[rows, cols]
-                    scores = torch.baddbmm(logits, row_part, column_part, alpha=-delta_scale)
+                    scores = torch.baddbmm(
+                        logits, left[head, dims_, rows], right[head, dims_, :, cols], alpha=-delta_scale
+                    )
                 else:
-                    delta = torch.bmm(row_part, column_part)
-                    scores = _softcap(raw[head, rows, cols] - delta_scale * delta, softcap) + head_bias[rows, cols]
+                    scores = raw[head, rows, cols].expand(dims_.stop - start, -1, -1)
+                    if left is not None:
+                        delta = torch.bmm(left[head, dims_, rows], right[head, dims_, :, cols])
+                        scores = scores - delta_scale * delta
+                    if row_scale is not None:
+                        scores = scores * row_scale[head, dims_, rows, None]
+                    if column_scale is not None:
+                        scores = scores * column_scale[head, dims_, None, cols]
+                    scores = _softcap(scores, softcap) + head_bias[rows, cols]
                 changed = torch.softmax(scores, dim=-1).sub_(probs[head, rows, cols])
                 out[head, dims_] += changed.square_().sum(dim=(1, 2))
     return out
