@@ -158,6 +158,10 @@ def _rope_split(
     ``own, other, partner`` with ``own[..., j] = x_j cos_j``, ``other[..., j] =
     x_j sign_j sin_j`` and the partner index, so the removed vector is
     ``own e_j + other e_partner``. Dims beyond the rotary part are unrotated.
+
+    Scaled rotary embeddings (YaRN, LongRoPE) fold an attention factor m into
+    cos and sin, so R = m * rotation and R^T R = m^2 I: x is recovered as
+    R^T r / (cos^2 + sin^2), exact for any m.
     """
     partner = torch.arange(head_dim, device=rotated.device)
     if rope is None:
@@ -172,8 +176,9 @@ def _rope_split(
     sin_signed = torch.zeros(*sin.shape[:-1], head_dim, device=rotated.device)
     cos_full[..., :rotary_dim] = cos
     sin_signed[..., :rotary_dim] = sin * sign
-    # R^T undoes the rotation: x_j = cos_j r_j + sign_j sin_j r_partner(j)
-    pre = cos_full * rotated + sin_signed * rotated[..., partner]
+    # R^T undoes the rotation up to m^2: m^2 x_j = cos_j r_j + sign_j sin_j r_partner(j)
+    gain = cos_full.square() + sin_signed.square()
+    pre = (cos_full * rotated + sin_signed * rotated[..., partner]) / gain
     return pre * cos_full, pre * sin_signed, partner
 
 

@@ -104,9 +104,28 @@ def _configs() -> dict:
 ARCHITECTURE_NAMES: tuple[str, ...] = tuple(_configs())
 
 
+def _variants() -> dict:
+    """Variants of a family that only the brute-force scoring tests need."""
+    return {
+        # YaRN scaling folds an attention factor (1.14 at factor 4) into cos and sin
+        "llama_yarn": (
+            LlamaForCausalLM,
+            LlamaConfig(
+                **_llama_like_kwargs(),
+                rope_parameters={
+                    "rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 32,
+                },
+            ),
+        ),
+    }
+
+
+VARIANT_NAMES: tuple[str, ...] = tuple(_variants())
+
+
 def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A tiny random-init model of family ``name``, in eval mode."""
-    model_class, config = _configs()[name]
+    model_class, config = (_configs() | _variants())[name]
     torch.manual_seed(seed)
     model = model_class(config).to(dtype)
     # Random init leaves LayerNorm weights at 1 and biases at 0; perturb every

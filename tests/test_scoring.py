@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 import torch
-from models import ARCHITECTURE_NAMES, random_batch, tiny_model, to_padding_side, word_tokenizer
+from models import ARCHITECTURE_NAMES, VARIANT_NAMES, random_batch, tiny_model, to_padding_side, word_tokenizer
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -70,7 +70,7 @@ def _brute_force(model, site, layer, index, ids, mask):
     return change.square().sum(dim=(1, 2, 3)).sqrt()
 
 
-@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES + VARIANT_NAMES)
 def test_parallel_scores_equal_brute_force(name):
     model = tiny_model(name)
     ids, mask = random_batch(3, 11, seed=4)
