@@ -9,14 +9,16 @@ A neuron is addressed as ``(layer, site, index)`` with four sites:
 
 Every family is described by one :class:`Architecture` entry of module paths,
 so that adding a family means adding one entry (and one tiny test model),
-never copying a ``modeling_*.py``. Fused projections (GPT-2's ``c_attn``,
-GPT-NeoX's and BLOOM's ``query_key_value``) are split by output column.
+never copying a ``modeling_*.py``. Fused projections (GPT-2's and Phi-3's
+``c_attn``/``qkv_proj``, GPT-NeoX's and BLOOM's ``query_key_value``, Phi-3's
+``gate_up_proj``) are split by output row. The table is the only place that
+names model internals: other modules ask it for paths and layouts.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -25,11 +27,22 @@ from torch import nn
 SITES: tuple[str, ...] = ("ffn", "attn_q", "attn_k", "attn_v")
 ATTENTION_SITES: tuple[str, ...] = ("attn_q", "attn_k", "attn_v")
 
-#: How a projection module lays out q, k and v in its output columns.
-#: ``separate``: one module per site, column = index.
-#: ``stacked``: [q | k | v] blocks of the fused output (GPT-2).
+#: How a projection module lays out q, k and v in its output rows.
+#: ``separate``: one module per site, row = index.
+#: ``stacked``: [q | k | v] blocks of the fused output, of n_heads, n_kv_heads and
+#: n_kv_heads times head_dim rows (GPT-2, Phi-3 with grouped-query attention).
 #: ``head_interleaved``: per head [q_h | k_h | v_h] (GPT-NeoX, BLOOM).
 ProjectionLayout = Literal["separate", "stacked", "head_interleaved"]
+#: How the FFN's input projections are laid out.
+#: ``separate``: ``ffn_in`` (and ``ffn_gate``) have one row per unit.
+#: ``gate_up``: ``ffn_in`` is fused [gate | up], unit k owns rows k and intermediate_size + k (Phi-3).
+FfnLayout = Literal["separate", "gate_up"]
+#: How the layers' projection modules store their weight: ``out_in`` (``nn.Linear``) or ``in_out``
+#: (GPT-2's ``Conv1D``).
+WeightLayout = Literal["out_in", "in_out"]
+#: What a query/key norm normalises: each head's vector (``head``: Gemma-3, Qwen3) or the whole
+#: projection output across heads (``projection``: OLMo-2).
+QkNormScope = Literal["head", "projection"]
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -54,6 +67,14 @@ class Architecture:
     token when that output is > 0. Non-gated families have no separate gate, so
     their LAPE activation is the input of ``ffn_out`` (see
     :func:`lape_activation_source`).
+
+    ``backbone`` is the decoder stack whose ``last_hidden_state`` the
+    unembedding reads; PLND scoring runs only it. ``q_norm``/``k_norm`` are the
+    norms applied to the query/key projection outputs before RoPE, with
+    ``qk_norm_scope`` saying over what they normalise. ``post_norm_projection``
+    is a projection between the final norm and the unembedding (OPT-350m's
+    ``project_out``); the module may be absent (``None``) in a given checkpoint,
+    as may the final norm of post-LN models.
     """
 
     layers: str
@@ -68,9 +89,27 @@ class Architecture:
     unembedding: str
     ffn_gate: str | None = None
     ffn_act: str | None = None
+    backbone: str = "model"
     projection_layout: ProjectionLayout = "separate"
+    ffn_layout: FfnLayout = "separate"
+    weight_layout: WeightLayout = "out_in"
     rotary: bool = False
     attention_capture: Literal["interface", "bloom"] = "interface"
+    q_norm: str | None = None
+    k_norm: str | None = None
+    qk_norm_scope: QkNormScope | None = None
+    post_norm_projection: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.q_norm is None) != (self.k_norm is None) or (self.q_norm is None) != (self.qk_norm_scope is None):
+            raise ValueError("an Architecture with query/key norms sets q_norm, k_norm and qk_norm_scope together")
+        if self.ffn_layout == "gate_up" and self.ffn_gate is not None:
+            raise ValueError("ffn_layout='gate_up' fuses the gate into ffn_in; leave ffn_gate unset")
+
+    @property
+    def gated(self) -> bool:
+        """Whether the FFN has a gate projection (separate or fused into ``ffn_in``)."""
+        return self.ffn_gate is not None or self.ffn_layout == "gate_up"
 
 
 _LLAMA_LIKE = Architecture(
@@ -89,11 +128,31 @@ _LLAMA_LIKE = Architecture(
     rotary=True,
 )
 
+_HEAD_NORMED = replace(_LLAMA_LIKE, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm", qk_norm_scope="head")
+
 ARCHITECTURES: dict[str, Architecture] = {
     "LlamaForCausalLM": _LLAMA_LIKE,
     "MistralForCausalLM": _LLAMA_LIKE,
     "Qwen2ForCausalLM": _LLAMA_LIKE,
     "Gemma2ForCausalLM": _LLAMA_LIKE,
+    "Gemma3ForCausalLM": _HEAD_NORMED,
+    # AutoModelForCausalLM loads a multimodal Gemma-3 checkpoint as this class; only its text part is scored.
+    "Gemma3ForConditionalGeneration": replace(
+        _HEAD_NORMED, layers="model.language_model.layers", final_norm="model.language_model.norm"
+    ),
+    "Qwen3ForCausalLM": _HEAD_NORMED,
+    "Olmo2ForCausalLM": replace(_HEAD_NORMED, qk_norm_scope="projection"),
+    "Phi3ForCausalLM": replace(
+        _LLAMA_LIKE,
+        q_proj="self_attn.qkv_proj",
+        k_proj="self_attn.qkv_proj",
+        v_proj="self_attn.qkv_proj",
+        projection_layout="stacked",
+        ffn_in="mlp.gate_up_proj",
+        ffn_gate=None,
+        ffn_act="mlp.activation_fn",
+        ffn_layout="gate_up",
+    ),
     "GPT2LMHeadModel": Architecture(
         layers="transformer.h",
         attention="attn",
@@ -105,7 +164,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_out="mlp.c_proj",
         final_norm="transformer.ln_f",
         unembedding="lm_head",
+        backbone="transformer",
         projection_layout="stacked",
+        weight_layout="in_out",
     ),
     "GPTNeoXForCausalLM": Architecture(
         layers="gpt_neox.layers",
@@ -118,6 +179,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_out="mlp.dense_4h_to_h",
         final_norm="gpt_neox.final_layer_norm",
         unembedding="lm_head",
+        backbone="gpt_neox",
         projection_layout="head_interleaved",
         rotary=True,
     ),
@@ -132,6 +194,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_out="mlp.dense_4h_to_h",
         final_norm="transformer.ln_f",
         unembedding="lm_head",
+        backbone="transformer",
         projection_layout="head_interleaved",
         attention_capture="bloom",
     ),
@@ -146,6 +209,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_out="fc2",
         final_norm="model.decoder.final_layer_norm",
         unembedding="lm_head",
+        post_norm_projection="model.decoder.project_out",
     ),
 }
 
@@ -173,7 +237,7 @@ def lape_activation_source(arch: Architecture) -> tuple[str, Literal["output", "
     Non-gated MLPs: the input of the down projection (``ffn_out``), which is
     ``act(x W_in)`` there.
     """
-    if arch.ffn_gate is not None:
+    if arch.gated:
         if arch.ffn_act is None:
             raise UnsupportedArchitectureError(
                 "this gated family has no ffn_act entry (the activation-function module applied to the gate "
@@ -185,6 +249,25 @@ def lape_activation_source(arch: Architecture) -> tuple[str, Literal["output", "
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
+
+
+def optional_submodule(root: nn.Module, path: str | None) -> nn.Module | None:
+    """The module at ``path``, or ``None`` where the table has no path or the model sets it to ``None``.
+
+    A path whose attribute does not exist at all is a table error and raises.
+    """
+    if path is None:
+        return None
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    if not hasattr(parent, name):
+        raise AttributeError(f"{type(root).__name__} has no module {path!r}; check its architecture entry")
+    return getattr(parent, name)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack without the unembedding (all that PLND scoring needs)."""
+    return get_submodule(model, get_architecture(model).backbone)
 
 
 @dataclass(frozen=True)
@@ -211,20 +294,19 @@ class Dimensions:
         raise NeuronIndexError(f"site {site!r} is unknown; use one of {', '.join(SITES)}")
 
 
-def weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight as ``[out_features, in_features]``, whatever the module type.
+def weight_out_in(arch: Architecture, module: nn.Module) -> torch.Tensor:
+    """A layer projection's weight as ``[out_features, in_features]`` (a view: writes reach the module)."""
+    return module.weight.t() if arch.weight_layout == "in_out" else module.weight
 
-    GPT-2's ``Conv1D`` stores ``[in, out]``; ``nn.Linear`` stores ``[out, in]``.
-    """
-    weight = module.weight
-    if type(module).__name__ == "Conv1D":
-        return weight.t()
-    return weight
+
+def stored_axis(arch: Architecture, out_in_axis: int) -> int:
+    """The axis of a layer projection's stored weight for an axis of its ``[out, in]`` view."""
+    return 1 - out_in_axis if arch.weight_layout == "in_out" else out_in_axis
 
 
 def dimensions(model: nn.Module) -> Dimensions:
     arch = get_architecture(model)
-    config = model.config
+    config = model.config.get_text_config()
     layers = get_submodule(model, arch.layers)
     n_heads = int(config.num_attention_heads)
     n_kv_heads = int(getattr(config, "num_key_value_heads", None) or n_heads)
@@ -236,7 +318,7 @@ def dimensions(model: nn.Module) -> Dimensions:
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=int(head_dim),
-        intermediate_size=int(weight_out_in(ffn_out).shape[1]),
+        intermediate_size=int(weight_out_in(arch, ffn_out).shape[1]),
     )
 
 
@@ -267,18 +349,25 @@ def check_batch(
 
 
 def forward_inputs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_logit_only: bool = False, **extra
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    last_logit_only: bool = False,
+    callee: nn.Module | None = None,
+    **extra,
 ) -> dict[str, Any]:
     """Keyword arguments for ``model(**...)`` on a padded batch, on the input device.
 
     Positions are counted from each document's first token, so the scores and
     logits do not depend on the padding side. ``last_logit_only`` asks for the
     logits of the last position only, for callers that read hidden states or
-    hooks instead.
+    hooks instead. ``callee`` is the module that will be called, when it is
+    not ``model`` itself (e.g. its :func:`backbone`).
     """
     device = input_device(model)
     inputs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-    accepted = inspect.signature(model.forward).parameters
+    accepted = inspect.signature((callee or model).forward).parameters
     if "use_cache" in accepted:
         inputs["use_cache"] = False
     if "position_ids" in accepted:
@@ -293,19 +382,39 @@ def projection_path(arch: Architecture, site: str) -> str:
 
 
 def projection_columns(arch: Architecture, dims: Dimensions, site: str, index: torch.Tensor) -> torch.Tensor:
-    """Map site indices to output columns of the (possibly fused) projection module."""
+    """Map site indices to output rows of the (possibly fused) projection module."""
     slot = ATTENTION_SITES.index(site)
     if arch.projection_layout == "separate":
         return index
     if arch.projection_layout == "stacked":
-        return index + slot * dims.n_heads * dims.head_dim
+        # [q | k | v] with grouped-query sizes: q has n_heads, k and v n_kv_heads heads of head_dim rows
+        offset = (0, dims.site_size("attn_q"), dims.site_size("attn_q") + dims.site_size("attn_k"))[slot]
+        return index + offset
     # head_interleaved: the output is viewed as [heads, 3 * head_dim] = per head [q | k | v]
     head, within = index // dims.head_dim, index % dims.head_dim
     return head * 3 * dims.head_dim + slot * dims.head_dim + within
 
 
-def ffn_down_column_norms(model: nn.Module, layer: int) -> torch.Tensor:
-    """||W_down[:, k]|| for every FFN unit k of ``layer``, in float32."""
-    arch = get_architecture(model)
-    down = get_submodule(get_submodule(model, arch.layers)[layer], arch.ffn_out)
-    return weight_out_in(down).float().norm(dim=0)
+def ffn_input_rows(arch: Architecture, dims: Dimensions, index: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """``(module path, output rows)`` of every FFN input projection that FFN units ``index`` own."""
+    if arch.ffn_layout == "gate_up":
+        return [(arch.ffn_in, torch.cat([index, index + dims.intermediate_size]))]
+    paths = [arch.ffn_in] if arch.ffn_gate is None else [arch.ffn_gate, arch.ffn_in]
+    return [(path, index) for path in paths]
+
+
+def ffn_up_part(arch: Architecture, dims: Dimensions, output: torch.Tensor) -> torch.Tensor:
+    """The up (non-gate) projection ``x W_up`` out of the ``ffn_in`` module's output."""
+    return output[..., dims.intermediate_size :] if arch.ffn_layout == "gate_up" else output
+
+
+def norm_epsilon(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (transformers names it ``eps`` or ``variance_epsilon``)."""
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(norm, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    raise UnsupportedArchitectureError(
+        f"{type(norm).__name__} has no 'eps' or 'variance_epsilon' attribute, so its query/key norm cannot be "
+        "inverted; extend langneurons.architectures.norm_epsilon for it"
+    )

@@ -8,9 +8,10 @@ zeroes (see :func:`langneurons.interventions.zero_weights_`):
 - ``ffn``: row k of the up (and gate) projection, entry k of their biases, and
   column k of the down projection;
 - ``attn_q`` / ``attn_k`` / ``attn_v``: row k (and bias entry k) of the query,
-  key or value projection; fused projections (GPT-2 ``c_attn``, GPT-NeoX and
-  BLOOM ``query_key_value``) by output row via
-  :func:`langneurons.architectures.projection_columns`. Key/value indices are
+  key or value projection; fused projections (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``
+  and ``gate_up_proj``, GPT-NeoX and BLOOM ``query_key_value``) by output row via
+  :func:`langneurons.architectures.projection_columns` and
+  :func:`~langneurons.architectures.ffn_input_rows`. Key/value indices are
   kv-dimensions, so grouped-query attention needs no special case.
 
 How the update stays inside the mask, exactly (bit-identical outside it):
@@ -71,10 +72,12 @@ from tqdm.auto import tqdm
 from langneurons.architectures import (
     SITES,
     dimensions,
+    ffn_input_rows,
     get_architecture,
     get_submodule,
     projection_columns,
     projection_path,
+    stored_axis,
 )
 from langneurons.architectures import (
     site_sizes as model_site_sizes,
@@ -208,8 +211,9 @@ class TrainingRecord:
 class ParameterSlice:
     """The entries of one parameter that belong to the selected neurons.
 
-    ``dim`` is the axis of the parameter *as stored* (GPT-2's Conv1D stores
-    ``[in, out]``, so a neuron's output row is its dim-1 slice); ``index`` are
+    ``dim`` is the axis of the parameter *as stored* (a family whose table
+    entry says ``weight_layout="in_out"``, GPT-2, stores ``[in, out]``, so a
+    neuron's output row is its dim-1 slice); ``index`` are
     the sorted unique positions along it; ``initial`` are the base values of
     those slices, kept to save only what changed.
     """
@@ -270,11 +274,6 @@ def _group(model: nn.Module, neurons: Any) -> dict[tuple[int, str], torch.Tensor
         raise FinetuneError(f"neurons: {error}") from error
 
 
-def _stored_axis(module: nn.Module, out_in_axis: int) -> int:
-    """Axis of the stored weight for an axis of the ``[out, in]`` view (Conv1D is transposed)."""
-    return 1 - out_in_axis if type(module).__name__ == "Conv1D" else out_in_axis
-
-
 def _neuron_entries(
     model: nn.Module, groups: Mapping[tuple[int, str], torch.Tensor]
 ) -> list[tuple[str, int, torch.Tensor]]:
@@ -286,15 +285,14 @@ def _neuron_entries(
     def add(subpath: str, layer: int, out_in_axis: int, index: torch.Tensor, bias: bool) -> None:
         path = f"{arch.layers}.{layer}.{subpath}"
         module = get_submodule(model, path)
-        entries.append((f"{path}.weight", _stored_axis(module, out_in_axis), index))
+        entries.append((f"{path}.weight", stored_axis(arch, out_in_axis), index))
         if bias and getattr(module, "bias", None) is not None:
             entries.append((f"{path}.bias", 0, index))
 
     for (layer, site), index in groups.items():
         if site == "ffn":
-            add(arch.ffn_in, layer, 0, index, bias=True)
-            if arch.ffn_gate is not None:
-                add(arch.ffn_gate, layer, 0, index, bias=True)
+            for path, rows in ffn_input_rows(arch, dims, index):
+                add(path, layer, 0, rows, bias=True)
             add(arch.ffn_out, layer, 1, index, bias=False)  # the down bias is per hidden dim, not per unit
         else:
             add(projection_path(arch, site), layer, 0, projection_columns(arch, dims, site, index), bias=True)
@@ -700,10 +698,12 @@ def lora_target_modules(model: nn.Module, sites: Sequence[str] = SITES) -> list[
     attention output projection, also named ``c_proj``, out of the targets.
     """
     arch = get_architecture(model)
+    dims = dimensions(model)
     targets: list[str] = []
     for site in sites:
         if site == "ffn":
-            paths = [arch.ffn_in, arch.ffn_gate, arch.ffn_out]
+            paths = [path for path, _ in ffn_input_rows(arch, dims, torch.zeros(0, dtype=torch.long))]
+            paths.append(arch.ffn_out)
         elif site in SITES:
             paths = [projection_path(arch, site)]
         else:
@@ -728,14 +728,12 @@ def finetune_lora(
     from peft import LoraConfig, get_peft_model
 
     targets = lora_target_modules(model, sites)
-    layer = get_submodule(model, get_architecture(model).layers)[0]
-    conv1d = any(type(get_submodule(layer, t)).__name__ == "Conv1D" for t in targets)
     lora_config = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
-        fan_in_fan_out=conv1d,
+        fan_in_fan_out=get_architecture(model).weight_layout == "in_out",
         bias="none",
         task_type="CAUSAL_LM",
     )

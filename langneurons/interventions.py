@@ -1,10 +1,11 @@
 """Deactivating neurons through hooks, without touching the weights.
 
 Zeroing neuron ``(layer, "ffn", k)`` is defined as zeroing ``up_proj``/``gate_proj``
-row k and ``down_proj`` column k; zeroing ``(layer, "attn_q", k)`` as zeroing row
-k (and bias entry k) of the query projection, and likewise for keys and values.
+row k (rows k and intermediate_size + k of a fused ``gate_up_proj``) and
+``down_proj`` column k; zeroing ``(layer, "attn_q", k)`` as zeroing row k (and
+bias entry k) of the query projection, and likewise for keys and values.
 The hooks here zero the same quantities on the fly: the k-th input of the down
-projection, or the k-th output column of the (possibly fused) q/k/v projection.
+projection, or the k-th output row of the (possibly fused) q/k/v projection.
 Many conditions can then run against one loaded model, on any device map.
 """
 
@@ -22,6 +23,7 @@ from langneurons.architectures import (
     SITES,
     NeuronIndexError,
     dimensions,
+    ffn_input_rows,
     get_architecture,
     get_submodule,
     projection_columns,
@@ -129,19 +131,15 @@ def zero_weights_(model: nn.Module, neurons: Any) -> None:
         for (layer, site), index in groups.items():
             block = layers[layer]
             if site == "ffn":
-                weight_out_in(get_submodule(block, arch.ffn_out))[:, index] = 0
-                up = get_submodule(block, arch.ffn_in)
-                weight_out_in(up)[index, :] = 0
-                if up.bias is not None:
-                    up.bias[index] = 0
-                if arch.ffn_gate is not None:
-                    weight_out_in(get_submodule(block, arch.ffn_gate))[index, :] = 0
+                weight_out_in(arch, get_submodule(block, arch.ffn_out))[:, index] = 0
+                owned = ffn_input_rows(arch, dims, index)
             else:
-                module = get_submodule(block, projection_path(arch, site))
-                columns = projection_columns(arch, dims, site, index)
-                weight_out_in(module)[columns, :] = 0
+                owned = [(projection_path(arch, site), projection_columns(arch, dims, site, index))]
+            for path, rows in owned:
+                module = get_submodule(block, path)
+                weight_out_in(arch, module)[rows, :] = 0
                 if module.bias is not None:
-                    module.bias[columns] = 0
+                    module.bias[rows] = 0
 
 
 STAGES: tuple[str, ...] = ("understanding", "task", "generation")

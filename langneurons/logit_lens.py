@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from langneurons.architectures import check_batch, forward_inputs, get_architecture
+from langneurons.architectures import check_batch, forward_inputs, get_architecture, optional_submodule
 
 __all__ = [
     "CATEGORIES",
@@ -300,34 +300,18 @@ def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
 
 
 def _unembedding(model: nn.Module) -> nn.Module:
-    """The unembedding from the architecture table, else the model's own output embeddings.
-
-    The fallback covers renames between transformers versions (GPT-NeoX's
-    ``embed_out`` became ``lm_head`` in transformers 5).
-    """
-    try:
-        return model.get_submodule(get_architecture(model).unembedding)
-    except AttributeError:
-        module = model.get_output_embeddings()
-        if module is None:
-            raise LogitLensError(f"{type(model).__name__} has no output embeddings to decode with") from None
-        return module
+    """The unembedding named in the architecture table."""
+    return model.get_submodule(get_architecture(model).unembedding)
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
     """The final norm, or ``None`` for models without one (e.g. post-LN OPT-350m)."""
-    try:
-        module = model.get_submodule(get_architecture(model).final_norm)
-    except AttributeError:
-        return None
-    return module
+    return optional_submodule(model, get_architecture(model).final_norm)
 
 
 def _post_norm_projection(model: nn.Module) -> nn.Module | None:
     """A projection between the final norm and the unembedding (OPT-350m's ``project_out``), if any."""
-    parent_path = get_architecture(model).layers.rpartition(".")[0]
-    parent = model.get_submodule(parent_path) if parent_path else model
-    return getattr(parent, "project_out", None)
+    return optional_submodule(model, get_architecture(model).post_norm_projection)
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,18 @@ from langneurons.architectures import (
     SITES,
     Architecture,
     Dimensions,
+    backbone,
     check_batch,
     dimensions,
+    ffn_up_part,
     forward_inputs,
     get_architecture,
     get_submodule,
     input_device,
     lape_activation_source,
+    norm_epsilon,
+    projection_columns,
+    projection_path,
     weight_out_in,
 )
 
@@ -122,12 +127,22 @@ class _Batch:
 
 
 @dataclass
+class _QkNorm:
+    """A layer's query/key norms and the pre-norm projection outputs of the batch being scored."""
+
+    scope: str  # "head" or "projection", as in the architecture table
+    eps: dict[str, float]  # per site: attn_q, attn_k
+    pre: dict[str, torch.Tensor] = field(default_factory=dict)  # per site: [B, T, size] pre-norm outputs
+
+
+@dataclass
 class _AttentionLayer:
     layer: int
     module: nn.Module
     o_gram: torch.Tensor | None  # [KV, D, G, G] Gram matrices of W_o's columns per kv dim
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     bloom_qkv: torch.Tensor | None = None
+    qk_norm: _QkNorm | None = None
 
 
 _ACTIVE: dict[int, tuple[_AttentionLayer, _Batch, Dimensions]] = {}
@@ -244,6 +259,90 @@ def _prob_change_sumsq(
     return out
 
 
+def _norm_scales(norm: _QkNorm, site: str, b: int, pos: torch.Tensor, dims: Dimensions) -> torch.Tensor:
+    """Per token and pre-norm input j of document ``b``: how an RMSNorm rescales the rest of its vector.
+
+    The norm computes y = g * x / rms(x), rms(x)^2 = mean(x^2) + eps, over
+    one head's vector (scope ``head``) or the whole projection output (scope
+    ``projection``). Zeroing x_j (a row of the projection) gives
+    y' = a_j (y - y_j e_j) with a_j = rms(x) / rms(x - x_j e_j), whatever the
+    gain g (Gemma's 1 + w included). Returns a: [n, site size], float32.
+    """
+    pre = norm.pre[site][b][pos].float()
+    n, size = pre.shape
+    width = dims.head_dim if norm.scope == "head" else size
+    squares = pre.view(n, size // width, width).square()
+    total = squares.sum(-1, keepdim=True)
+    eps = norm.eps[site]
+    ratio = (total / width + eps) / ((total - squares).clamp(min=0) / width + eps)
+    return ratio.sqrt().view(n, size)
+
+
+def _query_sumsq(
+    raw: torch.Tensor,
+    bias: torch.Tensor,
+    probs: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    scale: torch.Tensor | None,
+    norm: _QkNorm | None,
+    dims: Dimensions,
+    common: dict,
+) -> torch.Tensor:
+    """Squared probability change of one document per query neuron, ``[n_heads * head_dim]``.
+
+    ``scale`` ([n, n_heads * head_dim], see :func:`_norm_scales`): a query
+    norm rescales the zeroed neuron's head at token t by scale[t, j]; a norm
+    over the whole projection rescales every other head's query too, which
+    changes their probabilities by scaling alone (n_heads more kernel passes).
+    """
+    if scale is None:
+        return _prob_change_sumsq(raw, bias, probs, left, right, **common).flatten()
+    n, n_heads, head_dim = raw.shape[-1], dims.n_heads, dims.head_dim
+    own_head = scale.view(n, n_heads, head_dim).permute(1, 2, 0)  # [H, D, n]
+    own = _prob_change_sumsq(raw, bias, probs, left, right, **common, row_scale=own_head)  # [H, D]
+    if norm.scope == "head":
+        return own.flatten()
+    every_head = scale.t()[None].expand(n_heads, -1, -1)  # [H', H * D, n]: neuron (h, j) scales head h'
+    rescaled = _prob_change_sumsq(raw, bias, probs, None, None, **common, row_scale=every_head)
+    rescaled = rescaled.view(n_heads, n_heads, head_dim)  # [h', h, j]
+    others = rescaled.sum(0) - torch.diagonal(rescaled, dim1=0, dim2=1).t()  # every h' but the neuron's own
+    return (own + others).flatten()
+
+
+def _key_sumsq(
+    raw: torch.Tensor,
+    bias: torch.Tensor,
+    probs: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    scale: torch.Tensor | None,
+    norm: _QkNorm | None,
+    dims: Dimensions,
+    common: dict,
+) -> torch.Tensor:
+    """Squared probability change of one document per key neuron, ``[n_kv_heads * head_dim]``.
+
+    A key neuron changes the scores of every query head that reads its kv
+    head; with a key norm, the zeroed neuron's kv head is rescaled at key
+    token s by scale[s, j], and a norm over the whole projection rescales the
+    other kv heads too, so every other query head changes by scaling alone.
+    """
+    n, n_kv, group, head_dim = raw.shape[-1], dims.n_kv_heads, dims.group_size, dims.head_dim
+    own_head = None
+    if scale is not None:
+        own_head = scale.view(n, n_kv, head_dim).permute(1, 2, 0).repeat_interleave(group, dim=0)  # [H, D, n]
+    own = _prob_change_sumsq(raw, bias, probs, left, right, **common, column_scale=own_head)
+    own = own.view(n_kv, group, head_dim).sum(1)
+    if scale is None or norm.scope == "head":
+        return own.flatten()
+    every_head = scale.t()[None].expand(dims.n_heads, -1, -1)  # [H, KV * D, n]
+    rescaled = _prob_change_sumsq(raw, bias, probs, None, None, **common, column_scale=every_head)
+    per_kv = rescaled.view(n_kv, group, n_kv, head_dim).sum(1)  # [kv head read by h', kv head g, j]
+    others = per_kv.sum(0) - torch.diagonal(per_kv, dim1=0, dim2=1).t()  # query heads outside group g
+    return (own + others).flatten()
+
+
 def _attention_scores(
     state: _AttentionLayer,
     batch: _Batch,
@@ -290,6 +389,7 @@ def _attention_scores(
         per_doc = {s: [] for s in wanted_qk}
         delta_scale = 1.0 if released else scaling
         common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes)
+        norm = None if released else state.qk_norm
         for b in range(batch_size):
             pos = positions[b]
             raw_b = raw[b][:, pos][:, :, pos]
@@ -302,19 +402,20 @@ def _attention_scores(
             # [H, n, D] x 2 -> rows [H, D, n, 2] and columns [H, D, 2, n] of the rank-2 updates
             rows = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 1, 3)  # noqa: E731
             columns = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 3, 1)  # noqa: E731
+            scales = {} if norm is None else {site: _norm_scales(norm, site, b, pos, dims) for site in per_doc}
             if "attn_q" in per_doc:
-                sumsq = _prob_change_sumsq(
-                    raw_b, bias_b, probs_b, rows(q_own, q_other), columns(k_b, k_b[..., partner]), **common
-                )
-                per_doc["attn_q"].append(sumsq.flatten())
+                left, right = rows(q_own, q_other), columns(k_b, k_b[..., partner])
+                sumsq = _query_sumsq(raw_b, bias_b, probs_b, left, right, scales.get("attn_q"), norm, dims, common)
+                per_doc["attn_q"].append(sumsq)
             if "attn_k" in per_doc:
-                sumsq = _prob_change_sumsq(
-                    raw_b, bias_b, probs_b, rows(q_b, q_b[..., partner]), columns(k_own, k_other), **common
-                )
-                per_doc["attn_k"].append(sumsq.view(dims.n_kv_heads, group, head_dim).sum(1).flatten())
+                left, right = rows(q_b, q_b[..., partner]), columns(k_own, k_other)
+                sumsq = _key_sumsq(raw_b, bias_b, probs_b, left, right, scales.get("attn_k"), norm, dims, common)
+                per_doc["attn_k"].append(sumsq)
         for site, rows in per_doc.items():
             stacked = torch.stack(rows)
             results[site] = stacked if released else stacked.sqrt()
+        if state.qk_norm is not None:
+            state.qk_norm.pre.clear()
 
     for site, tensor in results.items():
         batch.scores[site][state.layer] = tensor
@@ -345,14 +446,14 @@ def _attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
-def _weight_statistic(module: nn.Module, statistic) -> torch.Tensor:
+def _weight_statistic(arch: Architecture, module: nn.Module, statistic) -> torch.Tensor:
     """A small float32 statistic of a module's ``[out, in]`` weight, computed once per batch.
 
     Weights that accelerate offloaded (to CPU or disk) exist only during their
     module's own forward, so they are brought to the execution device here.
     """
     with align_module_device(module):
-        return statistic(weight_out_in(module).float())
+        return statistic(weight_out_in(arch, module).float())
 
 
 def _column_gram(w: torch.Tensor) -> torch.Tensor:
@@ -369,12 +470,15 @@ def _register_attention_capture(
         o_gram = None
         if "attn_v" in batch.sites and batch.method == "paper":
             o_gram = _weight_statistic(
+                arch,
                 get_submodule(block, arch.o_proj),
                 lambda w: _column_gram(w.view(-1, dims.n_kv_heads, dims.group_size, dims.head_dim)),
             )
         state = _AttentionLayer(index, module, o_gram)
         _ACTIVE[id(module)] = (state, batch, dims)
         stack.callback(_ACTIVE.pop, id(module), None)
+        if arch.q_norm is not None and batch.method == "paper":
+            _register_norm_capture(stack, block, arch, dims, batch, state)
         if arch.attention_capture == "interface":
             if arch.rotary:
 
@@ -387,6 +491,32 @@ def _register_attention_capture(
             _register_bloom_capture(stack, module, state, batch, dims)
     if arch.attention_capture == "interface":
         stack.enter_context(_attention_implementation(model, _IMPLEMENTATION))
+
+
+def _register_norm_capture(
+    stack: ExitStack, block: nn.Module, arch: Architecture, dims: Dimensions, batch: _Batch, state: _AttentionLayer
+) -> None:
+    """Keep the pre-norm query/key projection outputs that the scores' norm rescaling needs."""
+    eps = {}
+    for site, path in (("attn_q", arch.q_norm), ("attn_k", arch.k_norm)):
+        if site not in batch.sites:
+            continue
+        norm = get_submodule(block, path)
+        width = dims.head_dim if arch.qk_norm_scope == "head" else dims.site_size(site)
+        if norm.weight.numel() != width:
+            raise ValueError(
+                f"{path} normalises {norm.weight.numel()} values but qk_norm_scope={arch.qk_norm_scope!r} means "
+                f"{width}; fix this family's architecture entry"
+            )
+        eps[site] = norm_epsilon(norm)
+        rows = projection_columns(arch, dims, site, torch.arange(dims.site_size(site)))
+
+        def keep(mod, args, output, site=site, rows=rows):
+            state.qk_norm.pre[site] = output.detach().index_select(-1, rows.to(output.device))
+
+        handle = get_submodule(block, projection_path(arch, site)).register_forward_hook(keep)
+        stack.callback(handle.remove)
+    state.qk_norm = _QkNorm(arch.qk_norm_scope, eps)
 
 
 def _register_bloom_capture(
@@ -412,7 +542,9 @@ def _register_bloom_capture(
         stack.callback(handle.remove)
 
 
-def _register_ffn_capture(stack: ExitStack, model: nn.Module, arch: Architecture, batch: _Batch) -> None:
+def _register_ffn_capture(
+    stack: ExitStack, model: nn.Module, arch: Architecture, dims: Dimensions, batch: _Batch
+) -> None:
     layers = get_submodule(model, arch.layers)
     for index, block in enumerate(layers):
         if batch.method == "released_code":
@@ -420,13 +552,13 @@ def _register_ffn_capture(stack: ExitStack, model: nn.Module, arch: Architecture
 
             def score_up(mod, args, output, layer=index):
                 valid, _ = batch.on(output.device)
-                projected = output.float().reshape(*valid.shape, -1)  # OPT flattens tokens
+                projected = ffn_up_part(arch, dims, output.float().reshape(*valid.shape, -1))  # OPT flattens tokens
                 batch.scores["ffn"][layer] = (projected.abs() * valid[..., None]).sum(dim=1)
 
             handle = up.register_forward_hook(score_up)
         else:
             down = get_submodule(block, arch.ffn_out)
-            column_norms = _weight_statistic(down, lambda w: w.norm(dim=0))
+            column_norms = _weight_statistic(arch, down, lambda w: w.norm(dim=0))
 
             def score_down(mod, args, layer=index, column_norms=column_norms):
                 valid, _ = batch.on(args[0].device)
@@ -510,16 +642,18 @@ def score_batch(
         chunk_bytes=int(chunk_bytes),
         scores={site: [None] * dims.n_layers for site in sites if site != "n_tokens"},
     )
-    inputs = forward_inputs(model, input_ids, attention_mask, last_logit_only=True)
+    # Scores need the decoder stack only: the unembedding (most of a small multilingual model) never runs.
+    body = backbone(model)
+    inputs = forward_inputs(model, input_ids, attention_mask, callee=body)
 
     with ExitStack() as stack, torch.no_grad():
         if "ffn" in sites:
-            _register_ffn_capture(stack, model, arch, batch)
+            _register_ffn_capture(stack, model, arch, dims, batch)
         if any(s in ATTENTION_SITES for s in sites):
             _register_attention_capture(stack, model, arch, dims, batch)
         if "ffn_active" in sites:
             _register_active_capture(stack, model, arch, batch)
-        model(**inputs)
+        body(**inputs)
 
     result = {}
     for site in sites:

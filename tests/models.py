@@ -2,7 +2,9 @@
 
 Each config exercises what makes its family different: grouped-query
 attention, attention biases, logit soft-capping and sliding windows, partial
-rotary embeddings, fused projections, ALiBi.
+rotary embeddings, fused projections, ALiBi, query/key norms per head or over
+the whole projection, two rotary bases, scaled rotary embeddings (LongRoPE,
+YaRN).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from transformers import (
     BloomForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3Config,
+    Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -21,10 +27,17 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     OPTConfig,
     OPTForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SiglipVisionConfig,
 )
 
 VOCAB = 97
@@ -46,6 +59,26 @@ def _llama_like_kwargs() -> dict:
     )
 
 
+def _gemma3_text_config(**overrides) -> Gemma3TextConfig:
+    """Gemma-3's text model in small: one kv head, head_dim > hidden / heads, both attention kinds.
+
+    The sliding window (4) is shorter than the test documents, and the two layer kinds rotate with
+    different bases, so a mix-up of masks or rotary tables changes the scores.
+    """
+    kwargs = _llama_like_kwargs() | dict(
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=12,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+        },
+    )
+    return Gemma3TextConfig(**kwargs | overrides)
+
+
 def _configs() -> dict:
     return {
         "llama": (LlamaForCausalLM, LlamaConfig(**_llama_like_kwargs())),
@@ -60,6 +93,40 @@ def _configs() -> dict:
                 attn_logit_softcapping=3.0,
                 final_logit_softcapping=30.0,
                 sliding_window=5,
+            ),
+        ),
+        "gemma3": (Gemma3ForCausalLM, _gemma3_text_config()),
+        # what AutoModelForCausalLM makes of a multimodal Gemma-3 checkpoint; soft-capping on to
+        # exercise it together with the query/key norms
+        "gemma3_multimodal": (
+            Gemma3ForConditionalGeneration,
+            Gemma3Config(
+                text_config=_gemma3_text_config(num_key_value_heads=2, attn_logit_softcapping=3.0),
+                vision_config=SiglipVisionConfig(
+                    hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    image_size=16, patch_size=8,
+                ),
+                mm_tokens_per_image=4,
+            ),
+        ),
+        # norm epsilons of the order of the tiny models' mean squared query/key, so that the
+        # scores' norm inversion must get epsilon right
+        "qwen3": (
+            Qwen3ForCausalLM,
+            Qwen3Config(**_llama_like_kwargs(), head_dim=16, attention_bias=True, rms_norm_eps=1e-2),
+        ),
+        "olmo2": (Olmo2ForCausalLM, Olmo2Config(**_llama_like_kwargs(), attention_bias=True, rms_norm_eps=1e-2)),
+        # fused [q | k | v] with grouped-query sizes, fused [gate | up], partial rotary, LongRoPE
+        # (max_position_embeddings / original = 4, so cos and sin carry an attention factor of 1.18)
+        "phi3": (
+            Phi3ForCausalLM,
+            Phi3Config(
+                **_llama_like_kwargs(),
+                original_max_position_embeddings=32,
+                rope_parameters={
+                    "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                    "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0],
+                },
             ),
         ),
         "gpt2": (

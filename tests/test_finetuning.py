@@ -8,9 +8,10 @@ import json
 import pandas as pd
 import pytest
 import torch
+from layout_probe import reference_mask, tiny_owned_entries
 from models import VOCAB, tiny_model
 
-from langneurons.architectures import dimensions, site_sizes
+from langneurons.architectures import SITES, dimensions, get_architecture, site_sizes
 from langneurons.finetuning import (
     FinetuneConfig,
     FinetuneError,
@@ -20,10 +21,10 @@ from langneurons.finetuning import (
     finetune_lora,
     finetune_neurons,
     load_sparse_delta,
+    lora_target_modules,
     random_control,
     save_result,
 )
-from langneurons.interventions import zero_weights_
 
 FAST = dict(lr=1e-2, batch_size=4, grad_accum=2, epochs=2, n_docs=12, max_length=24, progress=False)
 
@@ -40,21 +41,17 @@ def _neurons(model: torch.nn.Module) -> pd.DataFrame:
         "ffn": [1, 7, dims.intermediate_size - 1],
         "attn_q": [0, dims.head_dim + 3, dims.site_size("attn_q") - 1],
         "attn_k": [2, dims.site_size("attn_k") - 1],
-        "attn_v": [dims.head_dim, dims.site_size("attn_v") - 1],
+        "attn_v": [dims.site_size("attn_v") // 2 + 1, dims.site_size("attn_v") - 1],
     }
     rows = [(layer, site, i) for layer in range(dims.n_layers) for site, idx in picks.items() for i in idx]
     frame = pd.DataFrame(rows, columns=["layer", "site", "index"])
     return frame.assign(language="sw", set_kind="specific", frequency=1.0, mean_importance=0.5)
 
 
-def _reference_mask(model: torch.nn.Module, neurons: pd.DataFrame) -> dict[str, torch.Tensor]:
-    """Which entries the neurons own, by the definition (zero_weights_), independently of finetuning.py."""
-    ones = copy.deepcopy(model)
-    with torch.no_grad():
-        for param in ones.parameters():
-            param.fill_(1.0)
-    zero_weights_(ones, neurons)
-    return {name: param == 0 for name, param in ones.named_parameters()}
+def _reference_mask(name: str, model: torch.nn.Module, neurons: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """Which entries the neurons own, probed from the modeling code (independent of the layout code)."""
+    rows = zip(neurons["layer"], neurons["site"], neurons["index"])
+    return reference_mask(model, tiny_owned_entries(name), rows)
 
 
 def _logits(model: torch.nn.Module, seed: int = 5) -> torch.Tensor:
@@ -63,7 +60,9 @@ def _logits(model: torch.nn.Module, seed: int = 5) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "gpt_neox", "qwen2", "opt", "gemma2"])
+@pytest.mark.parametrize(
+    "name", ["llama", "gpt2", "bloom", "gpt_neox", "qwen2", "opt", "gemma2", "gemma3", "phi3", "olmo2"]
+)
 def test_only_neuron_weights_change_bit_identical(name: str) -> None:
     model = tiny_model(name)
     base = copy.deepcopy(model)
@@ -71,7 +70,7 @@ def test_only_neuron_weights_change_bit_identical(name: str) -> None:
     config = FinetuneConfig(**FAST, weight_decay=0.1, schedule="linear", warmup_ratio=0.25)
     result = finetune(model, _docs(), config, method="targeted", neurons=neurons, target_language="sw")
 
-    mask = _reference_mask(base, neurons)
+    mask = _reference_mask(name, base, neurons)
     base_params = dict(base.named_parameters())
     changed_inside = 0
     for pname, param in model.named_parameters():
@@ -83,6 +82,22 @@ def test_only_neuron_weights_change_bit_identical(name: str) -> None:
     assert result.record.trainable_params == sum(int(m.sum()) for m in mask.values())
     assert result.record.steps == 4 and result.record.final_loss is not None
     assert not model.training
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "gpt_neox", "phi3", "olmo2", "gemma3_multimodal"])
+def test_lora_targets_the_modules_that_hold_each_site(name: str) -> None:
+    """Per site, LoRA's targets are the layer modules whose weights the site's neurons own (layout probe)."""
+    model = tiny_model(name)
+    prefix = f"{get_architecture(model).layers}.0."
+    for site in SITES:
+        owned = [entries for (layer, s, _), entries in tiny_owned_entries(name).items() if layer == 0 and s == site]
+        modules = {
+            pname.removeprefix(prefix).rpartition(".")[0]
+            for entries in owned
+            for pname, mask in entries.items()
+            if pname.endswith(".weight") and mask.any()
+        }
+        assert set(lora_target_modules(model, [site])) == modules, site
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "bloom"])

@@ -1,19 +1,22 @@
+"""Deactivation hooks and weight zeroing against what the modeling code says each neuron owns."""
+
 import copy
 
 import pandas as pd
 import pytest
 import torch
+from layout_probe import reference_mask, tiny_owned_entries, zero_reference_
 from models import ARCHITECTURE_NAMES, random_batch, tiny_model
 
 import langneurons
-from langneurons.architectures import SITES, NeuronIndexError, UnsupportedArchitectureError
+from langneurons.architectures import SITES, NeuronIndexError, UnsupportedArchitectureError, dimensions
 from langneurons.interventions import deactivate, zero_weights_
 
 
 def _sample_neurons(model, seed: int, per_site: int = 5) -> list[tuple[int, str, int]]:
     gen = torch.Generator().manual_seed(seed)
     sizes = langneurons.site_sizes(model)
-    n_layers = model.config.num_hidden_layers
+    n_layers = dimensions(model).n_layers
     neurons = []
     for site in SITES:
         for _ in range(per_site):
@@ -28,6 +31,26 @@ def _logits(model, ids, mask):
 
 
 @pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_zero_weights_zeroes_what_the_modeling_code_says_each_neuron_owns(name):
+    """Every neuron, one at a time: zero_weights_ zeroes exactly the entries the layout probe finds."""
+    model = tiny_model(name)
+    owned = tiny_owned_entries(name)
+    sizes, n_layers = langneurons.site_sizes(model), dimensions(model).n_layers
+    expected = {(layer, site, i) for layer in range(n_layers) for site in SITES for i in range(sizes[site])}
+    assert set(owned) == expected, "the model's q/k/v/ffn neurons are not the ones site_sizes counts"
+    ones = copy.deepcopy(model)
+    params = dict(ones.named_parameters())
+    with torch.no_grad():
+        for neuron in sorted(owned):
+            for param in params.values():
+                param.fill_(1.0)
+            zero_weights_(ones, [neuron])
+            for pname, param in params.items():
+                want = owned[neuron].get(pname, torch.zeros_like(param, dtype=torch.bool))
+                assert torch.equal(param == 0, want), f"{name} {neuron}: zero_weights_ disagrees on {pname}"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
 def test_hooks_equal_zeroed_weights_and_are_removed(name):
     model = tiny_model(name)
     ids, mask = random_batch(3, 12, seed=1)
@@ -35,7 +58,7 @@ def test_hooks_equal_zeroed_weights_and_are_removed(name):
     original = _logits(model, ids, mask)
 
     reference = copy.deepcopy(model)
-    zero_weights_(reference, neurons)
+    zero_reference_(reference, reference_mask(reference, tiny_owned_entries(name), neurons))
     expected = _logits(reference, ids, mask)
     assert not torch.allclose(expected, original, atol=1e-4), "the sampled neurons must matter"
 
@@ -45,7 +68,7 @@ def test_hooks_equal_zeroed_weights_and_are_removed(name):
     torch.testing.assert_close(_logits(model, ids, mask), original, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "phi3", "olmo2"])
 def test_each_site_alone_equals_zeroed_weights(name):
     model = tiny_model(name)
     ids, mask = random_batch(2, 10, seed=3)
@@ -53,7 +76,7 @@ def test_each_site_alone_equals_zeroed_weights(name):
         size = langneurons.site_sizes(model)[site]
         neurons = [(1, site, i) for i in range(0, size, 3)]
         reference = copy.deepcopy(model)
-        zero_weights_(reference, neurons)
+        zero_reference_(reference, reference_mask(reference, tiny_owned_entries(name), neurons))
         with deactivate(model, neurons):
             hooked = _logits(model, ids, mask)
         torch.testing.assert_close(hooked, _logits(reference, ids, mask), rtol=1e-4, atol=1e-5)
@@ -131,14 +154,18 @@ def test_layer_stages_scale_with_depth_and_reject_overlap():
 
 @pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
 def test_every_table_path_resolves(name):
-    from langneurons.architectures import get_architecture, get_submodule
+    from langneurons.architectures import get_architecture, get_submodule, optional_submodule
 
     model = tiny_model(name)
     arch = get_architecture(model)
     assert get_submodule(model, arch.unembedding) is model.get_output_embeddings()
     assert isinstance(get_submodule(model, arch.final_norm), torch.nn.Module)
+    assert isinstance(get_submodule(model, arch.backbone), torch.nn.Module)
+    projection = optional_submodule(model, arch.post_norm_projection)
+    assert projection is None or isinstance(projection, torch.nn.Module)
     block = get_submodule(model, arch.layers)[0]
-    for field in ("attention", "q_proj", "k_proj", "v_proj", "o_proj", "ffn_in", "ffn_out", "ffn_gate"):
+    fields = ("attention", "q_proj", "k_proj", "v_proj", "o_proj", "ffn_in", "ffn_out", "ffn_gate", "ffn_act")
+    for field in (*fields, "q_norm", "k_norm"):
         path = getattr(arch, field)
         if path is not None:
             assert isinstance(get_submodule(block, path), torch.nn.Module), field

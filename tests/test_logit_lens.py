@@ -11,7 +11,7 @@ import torch
 from models import ARCHITECTURE_NAMES, VOCAB, random_batch, tiny_model, to_padding_side
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from langneurons.architectures import get_architecture
+from langneurons.architectures import dimensions, get_architecture
 from langneurons.interventions import deactivate
 from langneurons.logit_lens import (
     OTHER,
@@ -118,7 +118,7 @@ def test_shares_sum_to_one_and_last_layer_is_the_models_prediction(name):
     ids, mask = random_batch(3, 10, seed=1)
     ratio = language_ratio(model, [(ids, mask)], range_table(), "xx", top_k=4)
     assert set(ratio["category"]) == {"en", "target", "other"}
-    assert ratio.groupby("layer")["share"].sum().tolist() == pytest.approx([1.0] * model.config.num_hidden_layers)
+    assert ratio.groupby("layer")["share"].sum().tolist() == pytest.approx([1.0] * dimensions(model).n_layers)
     assert (ratio["n_positions"] == int(mask.sum())).all()
 
     table = identity_table()

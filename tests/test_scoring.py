@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import langneurons
-from langneurons.architectures import dimensions, get_architecture, get_submodule
+from langneurons.architectures import dimensions, forward_inputs, get_architecture, get_submodule
 from langneurons.interventions import zero_weights_
 from langneurons.scoring import NonFiniteScoreError, score_batch
 
@@ -83,6 +83,34 @@ def test_parallel_scores_equal_brute_force(name):
                 scores[site][:, layer, index], expected, rtol=2e-4, atol=1e-7,
                 msg=lambda m: f"{name} {site} layer {layer} index {index}: {m}",
             )
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_scoring_stops_at_the_last_hidden_state(name, monkeypatch):
+    """The unembedding never runs, and the scores are those of a full forward pass."""
+    model = tiny_model(name)
+    ids, mask = random_batch(2, 9, seed=3)
+    arch = get_architecture(model)
+    body = get_submodule(model, arch.backbone)
+    with torch.no_grad():
+        hidden = body(**forward_inputs(model, ids, mask, callee=body)).last_hidden_state
+        logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    logits = logits if cap is None else torch.tanh(logits / cap) * cap
+    # the table's backbone is what the unembedding reads
+    torch.testing.assert_close(logits, _forward(model, ids, mask).logits, rtol=1e-5, atol=1e-6)
+
+    calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda *args: calls.append(args))
+    try:
+        scores = score_batch(model, ids, mask)
+    finally:
+        handle.remove()
+    assert not calls, "scoring ran the unembedding"
+    monkeypatch.setattr(langneurons.scoring, "backbone", lambda whole: whole)
+    through_logits = score_batch(model, ids, mask)
+    for site in scores:
+        torch.testing.assert_close(scores[site], through_logits[site], rtol=0, atol=0)
 
 
 def test_rotary_exact_form_differs_from_post_rope_form():
@@ -321,7 +349,10 @@ def _lape_activation_by_hand(model, ids, mask, layer):
         or "gelu_new"  # BLOOM's fixed tanh-approximated GELU
     )
     projection = arch.ffn_gate or arch.ffn_in
-    return _BY_HAND[name](_module_output(model, projection, layer, ids, mask).float())
+    gate = _module_output(model, projection, layer, ids, mask).float()
+    if arch.ffn_layout == "gate_up":  # Phi3MLP: gate, up = gate_up_proj(x).chunk(2, dim=-1)
+        gate = gate.chunk(2, dim=-1)[0]
+    return _BY_HAND[name](gate)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
