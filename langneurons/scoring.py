@@ -9,7 +9,10 @@ all tokens of the document. :func:`score_batch` computes it for every neuron
 of every layer at once, from quantities the forward pass already produces:
 
 - ``ffn``: zeroing unit k removes the outer product a[:, k] W_down[:, k]^T, so
-  Imp_k = ||a[:, k]|| * ||W_down[:, k]|| exactly.
+  Imp_k = ||a[:, k]|| * ||W_down[:, k]|| exactly. The FFN output is taken at the
+  down projection, before any post-FFN norm (Gemma-2/3 and OLMo-2 sandwich
+  norms): the paper's sub-layer is the FFN, and a norm of the whole output vector
+  would make a unit's score depend on all the others (docs/method_notes.md).
 - ``attn_v``: zeroing value dim (g, d) removes sum_h (P_h v[:, d]) W_o[:, h*D+d]^T
   over the query heads h that read kv head g. Its Frobenius norm is computed
   exactly from two small Gram matrices, so grouped-query attention is exact too.
@@ -17,6 +20,14 @@ of every layer at once, from quantities the forward pass already produces:
   probabilities, Imp_k = || softmax(S - Delta_k) - softmax(S) ||, where Delta_k
   is the part of the scores that the zeroed dimension contributed. This needs a
   ``[dims, T, T]`` tensor per head, so it is chunked under ``chunk_bytes``.
+
+Query/key norms (Gemma-3, Qwen3: per head; OLMo-2: over the whole projection):
+a neuron is a row of the projection, i.e. an input of the norm. Zeroing it
+removes its component and rescales the rest of the normalised vector by
+alpha = rms(x) / rms(x without x_j), so the scores become alpha_t (S - Delta)
+(queries) or beta_s (S - Delta) (keys); computed from the captured pre-norm
+projection outputs. A norm over the whole projection rescales every head, so
+the other heads' probability changes are added (n_heads more kernel passes).
 
 Rotary embeddings: the default (``method="paper"``) is the *exact pre-RoPE*
 form. A neuron is a row of ``q_proj``/``k_proj``, and zeroing that row zeroes
@@ -32,7 +43,8 @@ released research code instead zeroes the post-RoPE dim k; ``method=
 - attn_q / attn_k: the *squared* change of the attention probabilities after
   zeroing the post-RoPE dim, with Delta = q_k k_k^T not divided by sqrt(d);
   grouped-query heads are mapped correctly (the released code's ``k // 4`` is not
-  reproduced);
+  reproduced); with query/key norms the dim is a coordinate of the normalised,
+  rotated vector, and nothing is rescaled;
 - attn_v: sum over tokens of |P V| before W_o (summed over the query heads of the
   kv group).
 
@@ -47,6 +59,8 @@ for ``"ffn_active"`` and ``"n_tokens"`` next to (or instead of) the PLND sites.
 - ``n_tokens``: ``[batch]`` int64, the document's (non-padding) token count.
 
 These are counts, not PLND sites: :data:`SITES` stays the four neuron sites.
+
+Only the decoder stack (the table's ``backbone``) runs: scores need no logits.
 
 Every score is accumulated in float32 whatever the model's dtype; padded
 tokens contribute nothing on either padding side; per-layer results stay on the
