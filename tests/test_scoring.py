@@ -168,8 +168,9 @@ def test_output_layout_and_site_subsets():
     torch.testing.assert_close(only_ffn["ffn"], everything["ffn"])
 
 
-def test_half_precision_model_scores_in_float32():
-    model = tiny_model("llama")
+@pytest.mark.parametrize("name", ["llama", "gemma3", "olmo2", "phi3"])
+def test_half_precision_model_scores_in_float32(name):
+    model = tiny_model(name)
     ids, mask = random_batch(3, 12, seed=5)
     full = score_batch(model, ids, mask)
     half = score_batch(copy.deepcopy(model).to(torch.bfloat16), ids, mask)
