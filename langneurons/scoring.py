@@ -70,9 +70,10 @@ layer's device until the end of the batch, so models dispatched with
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -292,68 +293,40 @@ def _norm_scales(norm: _QkNorm, site: str, b: int, pos: torch.Tensor, dims: Dime
     return ratio.sqrt().view(n, size)
 
 
-def _query_sumsq(
-    raw: torch.Tensor,
-    bias: torch.Tensor,
-    probs: torch.Tensor,
+def _qk_sumsq(
+    site: str,
+    kernel: Callable[..., torch.Tensor],
     left: torch.Tensor,
     right: torch.Tensor,
     scale: torch.Tensor | None,
     norm: _QkNorm | None,
     dims: Dimensions,
-    common: dict,
 ) -> torch.Tensor:
-    """Squared probability change of one document per query neuron, ``[n_heads * head_dim]``.
+    """Squared probability change of one document per query or key neuron, ``[site size]``.
 
-    ``scale`` ([n, n_heads * head_dim], see :func:`_norm_scales`): a query
-    norm rescales the zeroed neuron's head at token t by scale[t, j]; a norm
-    over the whole projection rescales every other head's query too, which
-    changes their probabilities by scaling alone (n_heads more kernel passes).
+    ``kernel`` is :func:`_prob_change_sumsq` bound to the document's scores;
+    ``left``/``right`` remove the neuron's rotated component. A key neuron
+    changes every query head that reads its kv head. ``scale`` ([n, site
+    size], see :func:`_norm_scales`): a query/key norm rescales the neuron's
+    own head at token t by scale[t, j] (row scales for queries, column scales
+    for keys); a norm over the whole projection also rescales every other
+    head, whose probabilities then change by the scale alone (n_heads more
+    kernel passes).
     """
-    if scale is None:
-        return _prob_change_sumsq(raw, bias, probs, left, right, **common).flatten()
-    n, n_heads, head_dim = raw.shape[-1], dims.n_heads, dims.head_dim
-    own_head = scale.view(n, n_heads, head_dim).permute(1, 2, 0)  # [H, D, n]
-    own = _prob_change_sumsq(raw, bias, probs, left, right, **common, row_scale=own_head)  # [H, D]
-    if norm.scope == "head":
-        return own.flatten()
-    every_head = scale.t()[None].expand(n_heads, -1, -1)  # [H', H * D, n]: neuron (h, j) scales head h'
-    rescaled = _prob_change_sumsq(raw, bias, probs, None, None, **common, row_scale=every_head)
-    rescaled = rescaled.view(n_heads, n_heads, head_dim)  # [h', h, j]
-    others = rescaled.sum(0) - torch.diagonal(rescaled, dim1=0, dim2=1).t()  # every h' but the neuron's own
-    return (own + others).flatten()
-
-
-def _key_sumsq(
-    raw: torch.Tensor,
-    bias: torch.Tensor,
-    probs: torch.Tensor,
-    left: torch.Tensor,
-    right: torch.Tensor,
-    scale: torch.Tensor | None,
-    norm: _QkNorm | None,
-    dims: Dimensions,
-    common: dict,
-) -> torch.Tensor:
-    """Squared probability change of one document per key neuron, ``[n_kv_heads * head_dim]``.
-
-    A key neuron changes the scores of every query head that reads its kv
-    head; with a key norm, the zeroed neuron's kv head is rescaled at key
-    token s by scale[s, j], and a norm over the whole projection rescales the
-    other kv heads too, so every other query head changes by scaling alone.
-    """
-    n, n_kv, group, head_dim = raw.shape[-1], dims.n_kv_heads, dims.group_size, dims.head_dim
-    own_head = None
-    if scale is not None:
-        own_head = scale.view(n, n_kv, head_dim).permute(1, 2, 0).repeat_interleave(group, dim=0)  # [H, D, n]
-    own = _prob_change_sumsq(raw, bias, probs, left, right, **common, column_scale=own_head)
-    own = own.view(n_kv, group, head_dim).sum(1)
+    query = site == "attn_q"
+    n_units, group = (dims.n_heads, 1) if query else (dims.n_kv_heads, dims.group_size)
+    head_dim = dims.head_dim
+    where = "row_scale" if query else "column_scale"
+    own_scale = None
+    if scale is not None:  # [n, units * D] -> [query heads, D, n]
+        own_scale = scale.view(-1, n_units, head_dim).permute(1, 2, 0).repeat_interleave(group, dim=0)
+    own = kernel(left, right, **{where: own_scale}).view(n_units, group, head_dim).sum(1)
     if scale is None or norm.scope == "head":
         return own.flatten()
-    every_head = scale.t()[None].expand(dims.n_heads, -1, -1)  # [H, KV * D, n]
-    rescaled = _prob_change_sumsq(raw, bias, probs, None, None, **common, column_scale=every_head)
-    per_kv = rescaled.view(n_kv, group, n_kv, head_dim).sum(1)  # [kv head read by h', kv head g, j]
-    others = per_kv.sum(0) - torch.diagonal(per_kv, dim1=0, dim2=1).t()  # query heads outside group g
+    every_head = scale.t()[None].expand(dims.n_heads, -1, -1)  # neuron (u, j) scales every query head
+    rescaled = kernel(None, None, **{where: every_head})  # [query heads, units * D]
+    per_unit = rescaled.view(n_units, group, n_units, head_dim).sum(1)  # [unit read, unit zeroed, j]
+    others = per_unit.sum(0) - torch.diagonal(per_unit, dim1=0, dim2=1).t()  # heads outside the neuron's unit
     return (own + others).flatten()
 
 
@@ -417,14 +390,13 @@ def _attention_scores(
             rows = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 1, 3)  # noqa: E731
             columns = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 3, 1)  # noqa: E731
             scales = {} if norm is None else {site: _norm_scales(norm, site, b, pos, dims) for site in per_doc}
+            kernel = partial(_prob_change_sumsq, raw_b, bias_b, probs_b, **common)
             if "attn_q" in per_doc:
                 left, right = rows(q_own, q_other), columns(k_b, k_b[..., partner])
-                sumsq = _query_sumsq(raw_b, bias_b, probs_b, left, right, scales.get("attn_q"), norm, dims, common)
-                per_doc["attn_q"].append(sumsq)
+                per_doc["attn_q"].append(_qk_sumsq("attn_q", kernel, left, right, scales.get("attn_q"), norm, dims))
             if "attn_k" in per_doc:
                 left, right = rows(q_b, q_b[..., partner]), columns(k_own, k_other)
-                sumsq = _key_sumsq(raw_b, bias_b, probs_b, left, right, scales.get("attn_k"), norm, dims, common)
-                per_doc["attn_k"].append(sumsq)
+                per_doc["attn_k"].append(_qk_sumsq("attn_k", kernel, left, right, scales.get("attn_k"), norm, dims))
         for site, rows in per_doc.items():
             stacked = torch.stack(rows)
             results[site] = stacked if released else stacked.sqrt()
