@@ -137,8 +137,9 @@ def test_scores_do_not_depend_on_batch_size_or_padding_side(name):
             torch.testing.assert_close(alone[site][0], right[site][row], rtol=2e-4, atol=1e-6)
 
 
-def test_chunking_does_not_change_scores():
-    model = tiny_model("gemma2")
+@pytest.mark.parametrize("name", ["gemma2", "gemma3_multimodal", "olmo2"])
+def test_chunking_does_not_change_scores(name):
+    model = tiny_model(name)
     ids, mask = random_batch(2, 12, seed=2)
     whole = score_batch(model, ids, mask, sites=("attn_q", "attn_k"))
     chunked = score_batch(model, ids, mask, sites=("attn_q", "attn_k"), chunk_bytes=1)
