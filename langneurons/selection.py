@@ -6,7 +6,11 @@ number of documents in which it was activated (and the sum of its importance),
 so that shards can be summed and any consensus threshold rho applied later
 without rescoring. Everything here is vectorised over neurons.
 
-Also here, for the neuron-set library (issue #5):
+Set kinds (:func:`parse_set_kind`): ``activated``, ``specific``, ``exclusive``
+and the parametrised rules ``shared_by_at_most-<m>``, ``contrast-<delta>`` and
+``entropy-<tau>``, all computed from the per-language counts.
+
+Also here, for the neuron-set library:
 
 - :func:`random_control`: same-layout random sets drawn from the complement;
 - :func:`export_json` / :func:`import_json`: a versioned JSON form of a table;
@@ -25,9 +29,12 @@ import json
 import math
 import os
 import pickle
+import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +45,19 @@ from safetensors.torch import load_file, save_file
 from langneurons.architectures import SITES
 from langneurons.io import atomic_path
 
+#: The set kinds without a parameter (the released code's rules); see :func:`parse_set_kind` for all kinds.
 SET_KINDS: tuple[str, ...] = ("activated", "specific", "exclusive")
+#: Set kinds that take one parameter, written ``<kind>-<parameter>`` (e.g. ``contrast-0.3``).
+PARAMETRIC_SET_KINDS: tuple[str, ...] = ("shared_by_at_most", "contrast", "entropy")
+#: Most decimals a fractional parameter may have (keeps names short and the contrast test exact in int64).
+MAX_PARAMETER_DECIMALS = 6
+_FRACTION_PATTERN = rf"(?:0|1|0\.[0-9]{{0,{MAX_PARAMETER_DECIMALS - 1}}}[1-9])"
+#: A regular expression matching exactly the canonical set-kind names (for wildcard constraints and schemas).
+SET_KIND_PATTERN: str = "|".join(
+    [*SET_KINDS, "shared_by_at_most-[1-9][0-9]*", f"contrast-{_FRACTION_PATTERN}", f"entropy-{_FRACTION_PATTERN}"]
+)
+#: Normalised entropies within this of an ``entropy-<tau>`` threshold count as at or below it (float rounding).
+ENTROPY_TOLERANCE = 1e-9
 #: Per-document LAPE counts (``langneurons.scoring.COUNT_OUTPUTS``) that
 #: :meth:`ActivationCounts.from_scores` sums instead of ranking.
 LAPE_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
@@ -48,6 +67,85 @@ NEURON_COLUMNS: tuple[str, ...] = ("language", "set_kind", "layer", "site", "ind
 
 class SelectionError(ValueError):
     """Neuron selection got inconsistent or unusable inputs."""
+
+
+@dataclass(frozen=True)
+class SetRule:
+    """A parsed set kind: the rule and its parameter (``None`` for the kinds without one).
+
+    ``parameter`` is an ``int`` (m) for ``shared_by_at_most`` and an exact
+    :class:`~fractions.Fraction` (delta, tau) for ``contrast`` and ``entropy``.
+    """
+
+    kind: str
+    parameter: int | Fraction | None = None
+
+    @property
+    def name(self) -> str:
+        """The canonical name: the ``set_kind`` column value, file-name part and wildcard value."""
+        if self.parameter is None:
+            return self.kind
+        if isinstance(self.parameter, int):
+            return f"{self.kind}-{self.parameter}"
+        decimal = Decimal(self.parameter.numerator) / Decimal(self.parameter.denominator)
+        return f"{self.kind}-{format(decimal.normalize(), 'f')}"
+
+
+def _set_kind_error(name: object, problem: str) -> SelectionError:
+    return SelectionError(
+        f"set kind {name!r}: {problem}. Set kinds are {', '.join(SET_KINDS)}, shared_by_at_most-<m> "
+        "(m = 1, 2, ...: activated in L and in at most m-1 other languages), contrast-<delta> and "
+        "entropy-<tau> (delta, tau in [0, 1] with at most "
+        f"{MAX_PARAMETER_DECIMALS} decimals, written without trailing zeros, e.g. contrast-0.3)"
+    )
+
+
+def parse_set_kind(name: str) -> SetRule:
+    """Parse a set-kind name; only canonical names are accepted, so a name is its own file name and column value.
+
+    ``activated``, ``specific``, ``exclusive``; ``shared_by_at_most-<m>`` with a
+    whole m >= 1; ``contrast-<delta>`` and ``entropy-<tau>`` with a decimal in
+    [0, 1] of at most :data:`MAX_PARAMETER_DECIMALS` decimals. A name that
+    means a valid rule but is spelled otherwise (``contrast-0.30``,
+    ``shared_by_at_most-02``) is refused with the canonical spelling.
+    """
+    if not isinstance(name, str):
+        raise _set_kind_error(name, f"a set kind is a string, not a {type(name).__name__}")
+    if name in SET_KINDS:
+        return SetRule(name)
+    kind, dash, text = name.partition("-")
+    if kind in SET_KINDS:
+        raise _set_kind_error(name, f"{kind} takes no parameter; write {kind!r}")
+    if kind not in PARAMETRIC_SET_KINDS:
+        raise _set_kind_error(name, f"unknown kind {kind!r}")
+    if not dash or not text:
+        raise _set_kind_error(name, f"{kind} needs a parameter, written {kind}-<parameter>")
+    if kind == "shared_by_at_most":
+        if not text.isascii() or not text.isdigit() or int(text) < 1:
+            raise _set_kind_error(name, f"m={text!r} must be a whole number >= 1")
+        rule = SetRule(kind, int(text))
+    else:
+        value = Decimal(text) if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) else None
+        if value is None or not 0 <= value <= 1:
+            raise _set_kind_error(name, f"the parameter {text!r} must be a decimal number in [0, 1]")
+        if -value.normalize().as_tuple().exponent > MAX_PARAMETER_DECIMALS:
+            raise _set_kind_error(name, f"the parameter {text!r} has more than {MAX_PARAMETER_DECIMALS} decimals")
+        rule = SetRule(kind, Fraction(value))
+    if rule.name != name:
+        raise _set_kind_error(name, f"write it as {rule.name!r} (the canonical spelling)")
+    return rule
+
+
+def set_kind_name(kind: str, parameter: int | float | str | None = None) -> str:
+    """The canonical name of a set kind and its parameter, e.g. ``set_kind_name("contrast", 0.3) == "contrast-0.3"``."""
+    if parameter is None or kind == "shared_by_at_most":
+        return parse_set_kind(kind if parameter is None else f"{kind}-{parameter}").name
+    try:
+        # repr: the shortest decimal that reads back as the float (0.3, not 0.299999...)
+        text = format(Decimal(repr(parameter) if isinstance(parameter, float) else parameter).normalize(), "f")
+    except (InvalidOperation, TypeError, ValueError):
+        raise _set_kind_error(f"{kind}-{parameter}", f"the parameter {parameter!r} is not a number") from None
+    return parse_set_kind(f"{kind}-{text}").name
 
 
 def resolve_top_k(top_k: float, size: int, site: str = "") -> int:
@@ -218,18 +316,94 @@ def _sites_of(per_language: Mapping[str, ActivationCounts]) -> list[str]:
     return [s for s in SITES if s in next(iter(per_language.values())).counts]
 
 
-def _set_masks(per_language: Mapping[str, ActivationCounts], rho: float) -> dict[tuple[str, str, str], torch.Tensor]:
-    """``{(language, kind, site): bool [layers, neurons]}`` for every set kind."""
+def _check_rules(kinds: Iterable[str], languages: Sequence[str]) -> list[SetRule]:
+    """Parse the set kinds and check that each can be built from ``languages``."""
+    rules = [parse_set_kind(kind) for kind in kinds]
+    comparing = [rule.name for rule in rules if rule.kind != "activated"]
+    if len(languages) < 2 and comparing:
+        raise SelectionError(
+            f"set kinds {comparing} compare languages: they need at least two languages, got {sorted(languages)}; "
+            "add languages or build only activated sets"
+        )
+    too_wide = [rule.name for rule in rules if rule.kind == "shared_by_at_most" and rule.parameter > len(languages)]
+    if too_wide:
+        raise SelectionError(
+            f"set kinds {too_wide}: m counts languages, and there are only {len(languages)} "
+            f"({', '.join(sorted(languages))}); use shared_by_at_most-1 .. shared_by_at_most-{len(languages)} "
+            f"(shared_by_at_most-{len(languages)} is activated)"
+        )
+    return rules
+
+
+def _beats_every_other_by(counts: torch.Tensor, n_docs: Sequence[int], delta: Fraction) -> torch.Tensor:
+    """``[languages, ...]`` bool: frequency in L minus every other language's frequency >= delta, exactly.
+
+    Frequencies are c / n; ``c_L / n_L - c_O / n_O >= p / q`` is tested as the
+    integer inequality ``q (c_L n_O - c_O n_L) >= p n_L n_O``, so a difference
+    that equals delta is never lost to float rounding (0.7 - 0.4 < 0.3 in floats).
+    """
+    p, q = delta.numerator, delta.denominator
+    if q * max(n_docs) ** 2 >= 2**62:
+        raise SelectionError(
+            f"contrast: {max(n_docs)} documents per language with a {q}-th part threshold overflow the exact "
+            "integer test; use fewer documents or a delta with fewer decimals"
+        )
+    result = []
+    for i, n_own in enumerate(n_docs):
+        keep = torch.ones_like(counts[i], dtype=torch.bool)
+        for j, n_other in enumerate(n_docs):
+            if j != i:
+                keep &= q * (counts[i] * n_other - counts[j] * n_own) >= p * n_own * n_other
+        result.append(keep)
+    return torch.stack(result)
+
+
+def _normalised_entropy(frequencies: torch.Tensor) -> torch.Tensor:
+    """Entropy (natural log, 0 log 0 = 0) of each neuron's frequencies normalised over languages, divided by log n.
+
+    0: only one language ever has the neuron in its top-k; 1: every language
+    equally often. A neuron no language activates gets 1 (it is nobody's).
+    """
+    total = frequencies.sum(dim=0, keepdim=True)
+    shares = frequencies / total.clamp_min(torch.finfo(frequencies.dtype).tiny)
+    logs = torch.where(shares > 0, shares.log(), torch.zeros_like(shares))
+    entropy = -(shares * logs).sum(dim=0) / math.log(frequencies.shape[0])
+    return torch.where(total[0] > 0, entropy, torch.ones_like(entropy))
+
+
+def _set_masks(
+    per_language: Mapping[str, ActivationCounts], rho: float, kinds: Iterable[str] = SET_KINDS
+) -> dict[tuple[str, str, str], torch.Tensor]:
+    """``{(language, kind, site): bool [layers, neurons]}`` for the given set kinds.
+
+    Every set is a subset of ``activated(L)``; the kinds differ in what they
+    ask of the other languages (see :func:`neuron_sets`).
+    """
     languages = sorted(per_language)
+    rules = _check_rules(kinds, languages)
+    n_docs = [per_language[lang].n_docs for lang in languages]
     masks = {}
     for site in _sites_of(per_language):
         activated = torch.stack([per_language[lang].activated(site, rho) for lang in languages])
-        shared_by_all = activated.all(dim=0)
         how_many = activated.sum(dim=0)
-        for i, lang in enumerate(languages):
-            masks[lang, "activated", site] = activated[i]
-            masks[lang, "specific", site] = activated[i] & ~shared_by_all
-            masks[lang, "exclusive", site] = activated[i] & (how_many == 1)
+        counts = torch.stack([per_language[lang].counts[site] for lang in languages])
+        frequencies = torch.stack([per_language[lang].frequency(site) for lang in languages])
+        for rule in rules:
+            if rule.kind == "activated":
+                chosen = activated
+            elif rule.kind == "specific":
+                chosen = activated & (how_many < len(languages))
+            elif rule.kind == "exclusive":
+                chosen = activated & (how_many == 1)
+            elif rule.kind == "shared_by_at_most":
+                chosen = activated & (how_many <= rule.parameter)
+            elif rule.kind == "contrast":
+                chosen = activated & _beats_every_other_by(counts, n_docs, rule.parameter)
+            else:
+                low = _normalised_entropy(frequencies) <= float(rule.parameter) + ENTROPY_TOLERANCE
+                chosen = activated & low
+            for i, lang in enumerate(languages):
+                masks[lang, rule.name, site] = chosen[i]
     return masks
 
 
@@ -238,23 +412,28 @@ def neuron_sets(
     rho: float,
     kinds: Iterable[str] = SET_KINDS,
 ) -> pd.DataFrame:
-    """Tidy table of every language's neuron sets.
+    """Tidy table of every language's neuron sets, one ``set_kind`` per name in ``kinds``.
 
-    - ``activated``: activated in at least a fraction rho of the language's documents;
-    - ``specific``: activated minus the neurons activated in *every* language (the
-      released code's rule);
-    - ``exclusive``: activated minus the neurons activated in *any other* language.
+    Every set is part of ``activated(L)``, the neurons in L's per-document
+    top-k in at least a fraction rho of L's documents; with f(L) the fraction
+    of L's documents that have the neuron in their top-k:
+
+    - ``activated``: all of activated(L);
+    - ``specific``: minus the neurons activated in *every* language (the
+      released code's rule; with many languages it keeps neurons most share);
+    - ``exclusive``: minus the neurons activated in *any other* language;
+    - ``shared_by_at_most-<m>``: activated for L and for at most m - 1 other
+      languages (m = 1 is exclusive, m = number of languages is activated);
+    - ``contrast-<delta>``: f(L) minus the highest f of the other languages
+      is at least delta (exactly, in rationals). rho still applies; with a
+      small rho this is the contrast of frequencies alone;
+    - ``entropy-<tau>``: the entropy of the neuron's frequencies normalised
+      over the languages, divided by log(number of languages), is at most tau
+      (0: no other language ever has it in its top-k; 1: all equally often).
     """
-    kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in SET_KINDS]
-    if unknown:
-        raise SelectionError(f"set kind(s) {unknown} unknown; use {', '.join(SET_KINDS)}")
-    if len(per_language) < 2 and set(kinds) - {"activated"}:
-        raise SelectionError(
-            f"specific/exclusive sets need at least two languages, got {sorted(per_language)}; add languages"
-        )
+    kinds = list(dict.fromkeys(kinds))
     languages = sorted(per_language)
-    masks = _set_masks(per_language, rho)
+    masks = _set_masks(per_language, rho, kinds)
     frames = []
     for site in _sites_of(per_language):
         for lang in languages:
@@ -783,11 +962,8 @@ def set_stability(
     number of documents per language of each compared set (the half size for
     ``halves``).
     """
-    if set_kind not in SET_KINDS:
-        raise SelectionError(f"set_kind={set_kind!r} unknown; use {', '.join(SET_KINDS)}")
-    if len(scores_by_language) < 2 and set_kind != "activated":
-        raise SelectionError(f"{set_kind} sets need at least two languages, got {sorted(scores_by_language)}")
     languages = sorted(scores_by_language)
+    _check_rules([set_kind], languages)
     sites = [s for s in SITES if s in scores_by_language[languages[0]]]
     for lang in languages:
         if [s for s in SITES if s in scores_by_language[lang]] != sites:
@@ -809,7 +985,7 @@ def set_stability(
             }
             used = n_docs[lang] if rows is None else len(rows)
             per_language[lang] = ActivationCounts(counts, {}, used, dict(resolved))
-        found = _set_masks(per_language, rho)
+        found = _set_masks(per_language, rho, [set_kind])
         return {lang: {s: found[lang, set_kind, s] for s in sites} for lang in languages}
 
     full = None

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from set_rules import reference_sets
 
 from langneurons.selection import (
     ActivationCounts,
@@ -178,9 +179,9 @@ def test_lape_import_never_unpickles_arbitrary_objects(tmp_path, capsys):
 # ---- stability ---------------------------------------------------------------------------------
 
 
-def _brute_force_set(scores, top_k, rho, subsets):
-    """specific(L) from python sets: top-k per document, rho consensus, minus the all-language core."""
-    activated = {}
+def _brute_force_rule(scores, top_k, rho, subsets, kind):
+    """Any set kind from python sets: per-document top-k tallies, then the plain-Python rule reference."""
+    tallies, n_docs = {}, {}
     for lang, per_site in scores.items():
         docs = range(per_site["ffn"].shape[0]) if subsets[lang] is None else subsets[lang].tolist()
         tally = {}
@@ -190,10 +191,8 @@ def _brute_force_set(scores, top_k, rho, subsets):
                     row = tensor[doc, layer].tolist()
                     for index in sorted(range(len(row)), key=lambda i: -row[i])[: top_k[site]]:
                         tally[layer, site, index] = tally.get((layer, site, index), 0) + 1
-        needed = math.ceil(rho * len(docs) - 1e-9)
-        activated[lang] = {key for key, n in tally.items() if n >= needed}
-    core = set.intersection(*activated.values())
-    return {lang: own - core for lang, own in activated.items()}
+        tallies[lang], n_docs[lang] = tally, len(docs)
+    return reference_sets(tallies, n_docs, rho, kind)
 
 
 def test_set_stability_equals_a_brute_force_from_python_sets():
@@ -210,8 +209,8 @@ def test_set_stability_equals_a_brute_force_from_python_sets():
     assert set(table.query("kind == 'subsample'")["n_docs"]) == {2, 4, 9, 8, 7}  # 8 > 7 docs of zh: skipped
     nontrivial = 0
     for number, draw in enumerate(draws):
-        first = _brute_force_set(scores, top_k, rho, draw["a"])
-        second = _brute_force_set(scores, top_k, rho, draw["b"])
+        first = _brute_force_rule(scores, top_k, rho, draw["a"], "specific")
+        second = _brute_force_rule(scores, top_k, rho, draw["b"], "specific")
         for i, lang in enumerate(sorted(counts)):
             row = table.iloc[number * 3 + i]
             assert (row["language"], row["kind"], row["replicate"]) == (lang, draw["kind"], draw["replicate"])
@@ -221,6 +220,29 @@ def test_set_stability_equals_a_brute_force_from_python_sets():
             nontrivial += 0 < expected < 1
     assert nontrivial > 10
     assert (table.query("kind == 'subsample' and n_docs == [9, 8, 7]")["jaccard"] == 1.0).all()
+
+
+@pytest.mark.parametrize("kind", ["shared_by_at_most-2", "contrast-0.2", "entropy-0.6"])
+def test_set_stability_of_parametrised_kinds_equals_a_brute_force(kind):
+    gen = torch.Generator().manual_seed(1)
+    counts = {"en": 8, "fr": 8, "zh": 6, "sw": 6}
+    scores = {}
+    for lang, n in counts.items():
+        base = torch.rand(1, 2, 12, generator=gen) * 2
+        scores[lang] = {"ffn": base + torch.rand(n, 2, 12, generator=gen), "attn_v": torch.rand(n, 2, 6, generator=gen)}
+    top_k, rho = {"ffn": 4, "attn_v": 2}, 0.5
+    table = set_stability(scores, top_k, rho, set_kind=kind, n_docs_grid=(3, "all"), seed=0, replicates=2)
+    draws = stability_draws(counts, (3, "all"), seed=0, replicates=2)
+    informative = 0
+    for number, draw in enumerate(draws):
+        first = _brute_force_rule(scores, top_k, rho, draw["a"], kind)
+        second = _brute_force_rule(scores, top_k, rho, draw["b"], kind)
+        for i, lang in enumerate(sorted(counts)):
+            union = first[lang] | second[lang]
+            expected = len(first[lang] & second[lang]) / len(union) if union else float("nan")
+            assert table.iloc[number * 4 + i]["jaccard"] == pytest.approx(expected, nan_ok=True), (number, lang)
+            informative += 0 < expected < 1
+    assert informative > 3
 
 
 def test_stability_draws_are_disjoint_halves_and_reproducible():
