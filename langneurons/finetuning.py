@@ -429,7 +429,8 @@ def _loss_sum(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.
     Summing (and dividing by the tokens of the whole accumulation window)
     makes a step independent of how the window is split into micro-batches.
     """
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least; float64 stays float64
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -22,8 +23,10 @@ from langneurons.finetuning import (
     finetune_neurons,
     load_sparse_delta,
     lora_target_modules,
+    neuron_parameter_slices,
     random_control,
     save_result,
+    save_sparse_delta,
 )
 
 FAST = dict(lr=1e-2, batch_size=4, grad_accum=2, epochs=2, n_docs=12, max_length=24, progress=False)
@@ -262,3 +265,108 @@ def test_bad_neurons_name_the_field_and_fix() -> None:
         finetune(model, _docs(3), config, method="full")
     with pytest.raises(FinetuneError, match="method="):
         finetune(model, _docs(), config, method="sparse")  # type: ignore[arg-type]
+
+
+# ---- the optimiser step, weight decay and the sparse delta, against hand-written references ----------------
+
+
+def _llama_neurons() -> list[tuple[int, str, int]]:
+    """FFN units and value dims of a tiny Llama, as (layer, site, index)."""
+    return [(layer, "ffn", k) for layer in range(3) for k in (1, 7, 47)] + [(1, "attn_v", 0), (2, "attn_v", 15)]
+
+
+def _linear_warmup_factor(step: int, warmup: int, total: int) -> float:
+    """The linear schedule with warmup, as its definition reads (0 -> 1 over warmup, then down to 0 at total)."""
+    return step / warmup if step < warmup else (total - step) / (total - warmup)
+
+
+def _reference_adamw(
+    model: torch.nn.Module,
+    docs: list[torch.Tensor],
+    mask: dict[str, torch.Tensor],
+    *,
+    lr: float,
+    weight_decay: float,
+    steps: int,
+    warmup: int,
+    max_grad_norm: float | None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> dict[str, torch.Tensor]:
+    """Full-batch AdamW on the masked entries only, in float64, one document at a time (no padding).
+
+    Per step t (0-based) with lr_t = lr * schedule(t): gradient of the mean next-token loss, kept on the
+    mask; clipped to ``max_grad_norm`` over the masked entries; then, entry by entry,
+    p <- p (1 - lr_t wd) - lr_t m_hat / (sqrt(v_hat) + eps).
+    """
+    reference = copy.deepcopy(model).double()
+    params = dict(reference.named_parameters())
+    moments = {name: (torch.zeros_like(params[name]), torch.zeros_like(params[name])) for name in mask}
+    n_targets = sum(doc.numel() - 1 for doc in docs)
+    for step in range(steps):
+        lr_t = lr * _linear_warmup_factor(step, warmup, steps)
+        reference.zero_grad()
+        loss = sum(
+            torch.nn.functional.cross_entropy(reference(input_ids=doc[None]).logits[0, :-1], doc[1:], reduction="sum")
+            for doc in docs
+        )
+        (loss / n_targets).backward()
+        grads = {name: torch.where(m, params[name].grad, 0.0) for name, m in mask.items()}
+        if max_grad_norm is not None:
+            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+            grads = {name: g * min(1.0, max_grad_norm / (norm + 1e-6)) for name, g in grads.items()}
+        with torch.no_grad():
+            for name, m in mask.items():
+                first, second = moments[name]
+                first.mul_(betas[0]).add_((1 - betas[0]) * grads[name])
+                second.mul_(betas[1]).add_((1 - betas[1]) * grads[name] ** 2)
+                first_hat = first / (1 - betas[0] ** (step + 1))
+                second_hat = second / (1 - betas[1] ** (step + 1))
+                updated = params[name] * (1 - lr_t * weight_decay) - lr_t * first_hat / (second_hat.sqrt() + eps)
+                params[name].copy_(torch.where(m, updated, params[name]))
+    return {name: p.detach() for name, p in params.items()}
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
+def test_targeted_steps_equal_a_hand_written_adamw_with_scheduled_decay(max_grad_norm) -> None:
+    """Five full-batch steps of linear warmup + decay and strong weight decay, in float64 on both sides."""
+    model = tiny_model("llama", dtype=torch.float64)
+    base = copy.deepcopy(model)
+    docs = _docs(4, seed=3)
+    neurons = _llama_neurons()
+    config = FinetuneConfig(
+        lr=1e-2, batch_size=2, grad_accum=2, n_docs=4, epochs=5, max_length=64, schedule="linear",
+        warmup_ratio=0.2, weight_decay=5.0, max_grad_norm=max_grad_norm, progress=False,
+    )  # fmt: skip
+    finetune_neurons(model, docs, neurons, config)
+    mask = reference_mask(base, tiny_owned_entries("llama"), neurons)
+    expected = _reference_adamw(
+        base, docs, mask, lr=1e-2, weight_decay=5.0, steps=5, warmup=1, max_grad_norm=max_grad_norm
+    )
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), expected[name], rtol=1e-9, atol=1e-12, msg=name)
+    if max_grad_norm is not None:  # the clipped run must differ, or the clipping case tested nothing
+        unclipped = _reference_adamw(base, docs, mask, lr=1e-2, weight_decay=5.0, steps=5, warmup=1, max_grad_norm=None)
+        assert any(not torch.allclose(unclipped[n], expected[n], rtol=1e-6) for n in mask)
+
+
+def test_sparse_delta_stores_exactly_the_changed_slices(tmp_path) -> None:
+    """Change chosen rows/columns by hand; the file holds those positions, no unchanged one, with their values."""
+    model = tiny_model("llama")
+    neurons = _llama_neurons()
+    slices = neuron_parameter_slices(model, neurons)
+    changed = {
+        "model.layers.0.mlp.up_proj.weight": (0, [7]),  # of rows 1, 7, 47
+        "model.layers.2.mlp.down_proj.weight": (1, [1, 47]),  # of columns 1, 7, 47
+        "model.layers.1.self_attn.v_proj.weight": (0, [0]),  # the only row
+    }
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, (dim, positions) in changed.items():
+            for position in positions:
+                params[name].select(dim, position)[3] += 0.5  # a single entry of the slice
+    path = save_sparse_delta(model, slices, tmp_path / "delta.safetensors", metadata={"method": "targeted"})
+    delta, _ = load_sparse_delta(path)
+    assert {name: (dim, index.tolist()) for name, (dim, index, _) in delta.items()} == changed
+    for name, (dim, index, values) in delta.items():
+        assert torch.equal(values, params[name].detach().index_select(dim, index)), name
