@@ -18,19 +18,26 @@ How the update stays inside the mask, exactly (bit-identical outside it):
 
 1. Only the parameters that hold neuron slices get ``requires_grad``; every
    other parameter is frozen and never reaches the optimiser.
-2. A gradient hook on each trainable parameter replaces its gradient by one
-   that is exactly ``0.0`` outside the neuron slices (``index_copy_`` into a
-   zero tensor, not a multiplication: ``inf * 0`` would be NaN).
-3. The optimiser is ``torch.optim.AdamW`` with ``weight_decay=0``. Its state
-   starts at zero, so outside the mask ``exp_avg`` and ``exp_avg_sq`` stay
-   exactly zero and the update ``exp_avg / (sqrt(exp_avg_sq) + eps)`` is
-   exactly ``0 / eps = 0``; adding ``-0.0`` leaves every float bit-identical.
-   Gradient clipping only rescales, and a non-finite gradient norm (which
-   would turn those zeros into NaN) stops training with an error.
-4. Decoupled weight decay, which AdamW would apply to *every* entry of a
-   trainable parameter, is applied by hand to the neuron slices only, just
-   before each step, with the scheduled learning rate of that step; this is
-   exactly AdamW's ``p *= 1 - lr * weight_decay`` restricted to the mask.
+2. The optimiser (``torch.optim.AdamW``) never sees the parameters: it trains
+   master copies of the neuron slices alone, in float32 (float64 stays
+   float64). After each backward pass the slices of the parameters'
+   gradients are copied into the masters' gradients; after each step the
+   masters are written back into the slices, rounded to the model's dtype.
+   Nothing else of a parameter is ever written, so every entry outside the
+   slices keeps its bits.
+3. Decoupled weight decay is AdamW's own, on the masters: it shrinks the
+   neuron slices only, with the scheduled learning rate of each step.
+4. In bf16/fp16 a step smaller than half the spacing of representable values
+   would round away if applied to the weights; the masters accumulate such
+   steps until the rounded value moves. The optimiser holds three float32
+   numbers per trained entry (master, two moments), for the slices only, not
+   for the whole matrices that hold them; the parameters' own gradients (in
+   the model's dtype) live from the backward pass until they are gathered.
+
+Gradient clipping acts on the slices' gradients, and a non-finite norm stops
+training with an error. Full fine-tuning and LoRA train the same way, with a
+master for each trained parameter that is stored below float32 (the parameter
+itself otherwise).
 
 Baselines, all with the same documents, order and token budget: a random
 neuron subset of the same size per (layer, site) (:func:`random_control`),
@@ -57,7 +64,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,23 +467,75 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, total: 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
+class _MasterWeights:
+    """What the optimiser trains: tensors of at least float32, each a parameter or slices of one.
+
+    ``entries`` are ``(parameter, dim, index)``; ``dim``/``index`` select the
+    slices along that axis, ``None`` means the whole parameter. A whole
+    parameter of float32 or wider is trained in place (it is its own master).
+    """
+
+    def __init__(self, entries: Sequence[tuple[nn.Parameter, int | None, torch.Tensor | None]]) -> None:
+        self._entries = []
+        for param, dim, index in entries:
+            dtype = torch.promote_types(param.dtype, torch.float32)
+            if index is None and param.dtype == dtype:
+                master = param
+            else:
+                value = param.detach() if index is None else param.detach().index_select(dim, index)
+                master = value.to(dtype, copy=True).requires_grad_(True)
+            self._entries.append((param, dim, index, master))
+
+    @classmethod
+    def of_slices(cls, params: Mapping[str, nn.Parameter], slices: Mapping[str, ParameterSlice]) -> _MasterWeights:
+        return cls([(params[name], s.dim, s.index) for name, s in slices.items()])
+
+    @classmethod
+    def whole(cls, params: Sequence[nn.Parameter]) -> _MasterWeights:
+        return cls([(param, None, None) for param in params])
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        return [master for *_, master in self._entries]
+
+    def gather_gradients(self) -> None:
+        """Move the (slices of the) parameters' gradients into the masters' gradients."""
+        for param, dim, index, master in self._entries:
+            if master is param:
+                continue
+            grad = param.grad
+            if grad is not None and index is not None:
+                grad = grad.index_select(dim, index)
+            master.grad = None if grad is None else grad.to(master.dtype)
+            param.grad = None
+
+    def write_back(self) -> None:
+        """Copy the masters into the model, rounded to each parameter's dtype."""
+        with torch.no_grad():
+            for param, dim, index, master in self._entries:
+                if master is param:
+                    continue
+                if index is None:
+                    param.copy_(master)
+                else:
+                    param.index_copy_(dim, index, master.to(param.dtype))
+
+
 def _train(
     model: nn.Module,
     docs: list[torch.Tensor],
     config: FinetuneConfig,
     *,
-    params: list[nn.Parameter],
-    weight_decay: float,
-    before_step: Callable[[float], None] | None,
+    masters: _MasterWeights,
     desc: str,
 ) -> _TrainStats:
-    """The loop every method shares: same documents, order, steps and token budget.
+    """The loop every method shares: same documents, order, steps, token budget and optimiser.
 
-    ``before_step(lr)`` runs after clipping and right before ``optimizer.step()``
-    with the scheduled learning rate of that step (targeted decay hooks in here).
+    AdamW (with ``config.weight_decay``, decoupled) steps ``masters``; each
+    step gathers the gradients into them, clips, steps, and writes them back.
     """
     optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=weight_decay
+        masters.tensors, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay
     )
     total = _planned_steps(len(docs), config)
     scheduler = _scheduler(optimizer, config, total)
@@ -496,12 +555,12 @@ def _train(
                     loss.backward()
                     loss_total += float(loss.detach())
                     stats.tokens += int(mask.sum())
-                _check_and_clip(params, config, stats.steps)
-                if before_step is not None:
-                    before_step(optimizer.param_groups[0]["lr"])
+                masters.gather_gradients()
+                _check_and_clip(masters.tensors, config, stats.steps)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                masters.write_back()
                 stats.steps += 1
                 stats.losses.append(loss_total)
                 bar.update(1)
@@ -510,8 +569,8 @@ def _train(
     return stats
 
 
-def _check_and_clip(params: list[nn.Parameter], config: FinetuneConfig, step: int) -> None:
-    """Clip the gradient norm; refuse a non-finite one (it would spread NaN past the mask)."""
+def _check_and_clip(params: list[torch.Tensor], config: FinetuneConfig, step: int) -> None:
+    """Clip the gradient norm of what is trained; refuse a non-finite one (training diverged)."""
     max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
     if not torch.isfinite(norm):
@@ -558,45 +617,16 @@ def _record(
 # --------------------------------------------------------------------------- methods
 
 
-def _mask_gradient(slice_: ParameterSlice) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A gradient hook keeping only the neuron slices; everything else becomes exactly 0.0."""
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        kept = grad.index_select(slice_.dim, slice_.index)
-        return torch.zeros_like(grad).index_copy_(slice_.dim, slice_.index, kept)
-
-    return hook
-
-
-def _decay_slices(params: Mapping[str, nn.Parameter], slices: Mapping[str, ParameterSlice], weight_decay: float):
-    """AdamW's decoupled decay ``p *= 1 - lr * wd``, applied to the neuron slices only."""
-
-    def before_step(lr: float) -> None:
-        if weight_decay == 0:
-            return
-        with torch.no_grad():
-            for name, s in slices.items():
-                param = params[name]
-                param.index_copy_(s.dim, s.index, param.index_select(s.dim, s.index) * (1 - lr * weight_decay))
-
-    return before_step
-
-
 @contextmanager
 def _only_slices_trainable(model: nn.Module, slices: Mapping[str, ParameterSlice]) -> Iterator[dict[str, nn.Parameter]]:
-    """Freeze everything but the sliced parameters and hook their gradients; undo on exit."""
+    """Freeze every parameter without neuron slices (no gradient is computed for it); undo on exit."""
     params = dict(model.named_parameters())
     flags = {name: p.requires_grad for name, p in params.items()}
-    handles = []
     try:
         for name, param in params.items():
             param.requires_grad_(name in slices)
-        for name, s in slices.items():
-            handles.append(params[name].register_hook(_mask_gradient(s)))
         yield {name: params[name] for name in slices}
     finally:
-        for handle in handles:
-            handle.remove()
         for name, param in params.items():
             param.requires_grad_(flags[name])
             param.grad = None
@@ -624,15 +654,8 @@ def finetune_neurons(
     docs = _prepare_documents(documents, config, tokenizer)
     start = time.perf_counter()
     with _only_slices_trainable(model, slices) as params:
-        stats = _train(
-            model,
-            docs,
-            config,
-            params=list(params.values()),
-            weight_decay=0.0,
-            before_step=_decay_slices(params, slices, config.weight_decay),
-            desc=f"finetune[{method}]",
-        )
+        masters = _MasterWeights.of_slices(params, slices)
+        stats = _train(model, docs, config, masters=masters, desc=f"finetune[{method}]")
     per_site = frame.groupby("site").size().to_dict()
     record = _record(
         method,
@@ -666,15 +689,7 @@ def finetune_full(
     try:
         for param in params:
             param.requires_grad_(True)
-        stats = _train(
-            model,
-            docs,
-            config,
-            params=params,
-            weight_decay=config.weight_decay,
-            before_step=None,
-            desc="finetune[full]",
-        )
+        stats = _train(model, docs, config, masters=_MasterWeights.whole(params), desc="finetune[full]")
     finally:
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
@@ -745,15 +760,7 @@ def finetune_lora(
     peft_model.train(was_training)  # a new wrapper says "training"; keep the base model's mode (dropout)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     start = time.perf_counter()
-    stats = _train(
-        peft_model,
-        docs,
-        config,
-        params=params,
-        weight_decay=config.weight_decay,
-        before_step=None,
-        desc="finetune[lora]",
-    )
+    stats = _train(peft_model, docs, config, masters=_MasterWeights.whole(params), desc="finetune[lora]")
     for param in params:
         param.grad = None
     record = _record(
@@ -829,12 +836,15 @@ def finetune(
 
 
 def _changed_positions(param: torch.Tensor, s: ParameterSlice) -> torch.Tensor:
-    """Positions of the slice whose values differ from the base (bitwise, so NaN-safe)."""
+    """Positions of the slice whose values differ from the base in any bit (NaN == NaN, -0.0 != 0.0)."""
     current = param.detach().index_select(s.dim, s.index)
-    other = tuple(d for d in range(current.dim()) if d != s.dim)
-    same = (current == s.initial) | (torch.isnan(current) & torch.isnan(s.initial))
-    changed = ~same.all(dim=other) if other else ~same
-    return s.index[changed.to(s.index.device)]
+
+    def as_bytes(values: torch.Tensor) -> torch.Tensor:
+        return values.contiguous().view(torch.uint8).reshape(*values.shape, values.element_size())
+
+    differs = as_bytes(current) != as_bytes(s.initial)
+    other = tuple(d for d in range(differs.dim()) if d != s.dim)
+    return s.index[differs.any(dim=other).to(s.index.device)]
 
 
 def save_sparse_delta(

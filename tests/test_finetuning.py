@@ -370,3 +370,76 @@ def test_sparse_delta_stores_exactly_the_changed_slices(tmp_path) -> None:
     assert {name: (dim, index.tolist()) for name, (dim, index, _) in delta.items()} == changed
     for name, (dim, index, values) in delta.items():
         assert torch.equal(values, params[name].detach().index_select(dim, index)), name
+
+
+def test_bf16_updates_below_bf16_resolution_accumulate_in_fp32_masters(tmp_path, monkeypatch) -> None:
+    """Each step moves a weight by about lr = 2e-4, a tenth of bf16's half-spacing (2^-9) at |w| in [0.5, 1).
+
+    AdamW on the bf16 weights themselves rounds every such step away, so nothing would ever move; with fp32
+    master copies the steps add up and the weights move, in the direction the same run in fp32 moves them.
+    """
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    neurons = _llama_neurons()
+    mask = reference_mask(model, tiny_owned_entries("llama"), neurons)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            size = 0.5 + 0.5 * torch.rand(param.shape, generator=gen)
+            sign = torch.where(torch.rand(param.shape, generator=gen) < 0.5, -1.0, 1.0)
+            param.copy_(torch.where(mask[name], (size * sign).to(param.dtype), param))
+    start = copy.deepcopy(model)
+    in_fp32 = copy.deepcopy(model).float()
+    optimised = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            params = list(params)
+            optimised.append(params)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    config = FinetuneConfig(
+        lr=2e-4, batch_size=4, grad_accum=1, n_docs=4, epochs=24, max_length=32, schedule="constant",
+        max_grad_norm=None, progress=False,
+    )  # fmt: skip
+    result = finetune_neurons(model, _docs(4, seed=1), neurons, config)
+    finetune_neurons(in_fp32, _docs(4, seed=1), neurons, config)
+
+    n_masked = sum(int(m.sum()) for m in mask.values())
+    assert sum(p.numel() for p in optimised[0]) == n_masked == result.record.trainable_params
+    assert all(p.dtype == torch.float32 for p in optimised[0])  # masters of the slices, not of whole matrices
+    moved = agreeing = 0
+    for (name, param), before, after_fp32 in zip(model.named_parameters(), start.parameters(), in_fp32.parameters()):
+        assert param.dtype == torch.bfloat16
+        inside = mask[name]
+        assert torch.equal(param[~inside], before[~inside]), f"{name} moved outside the mask"
+        step_bf16 = (param[inside] - before[inside]).float()
+        step_fp32 = after_fp32[inside] - before[inside].float()
+        moved += int((step_bf16 != 0).sum())
+        agreeing += int((step_bf16 * step_fp32 > 0).sum())
+    assert moved > n_masked // 2
+    assert agreeing >= 0.95 * moved  # (the bf16 forward pass gives slightly different gradients)
+
+    out = save_result(result, tmp_path / "run")
+    apply_sparse_delta(start, out / "delta.safetensors")
+    for (name, a), b in zip(start.named_parameters(), model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_bf16_full_finetuning_accumulates_small_steps_too() -> None:
+    """Full fine-tuning in bf16: steps of ~1e-5 are below half the bf16 spacing (>= 2^-15) at |w| in [2^-6, 2^-4),
+    so only a float32 master makes those weights move; AdamW on the bf16 weights would leave them all as they are."""
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    start = copy.deepcopy(model)
+    config = FinetuneConfig(
+        lr=1e-5, batch_size=4, grad_accum=1, n_docs=4, epochs=30, max_length=32, schedule="constant",
+        max_grad_norm=None, progress=False,
+    )  # fmt: skip
+    finetune_full(model, _docs(4, seed=2), config)
+    moved = total = 0
+    for param, before in zip(model.parameters(), start.parameters()):
+        assert param.dtype == torch.bfloat16
+        band = (before.abs() >= 2**-6) & (before.abs() < 2**-4)
+        moved += int((param[band] != before[band]).sum())
+        total += int(band.sum())
+    assert total > 1000 and moved > total // 2
