@@ -1,0 +1,112 @@
+"""Continuation items (langneurons.evaluation.items): sentences, distractors, parallel items, accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from evaluation_helpers import brute_choice_logprob, char_tokenizer, corpus
+from models import tiny_model
+
+from langneurons import evaluation as E
+from langneurons.evaluation.items import _swapped_versions
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+def test_sentence_boundaries():
+    text = "First one. Second? \"Third!\" Fourth"
+    cuts = E.sentence_boundaries(text, "en")
+    assert [text[:c] for c in cuts] == ["First one.", "First one. Second?", "First one. Second? \"Third!\"", text]
+    zh = "我爱北京。北京是一！好"
+    assert [zh[:c] for c in E.sentence_boundaries(zh, "zh")] == ["我爱北京。", "我爱北京。北京是一！", zh]
+    assert E.sentence_boundaries("abc def ghi", "th") == [3, 7, 11]
+    assert E.sentence_boundaries("Pi is 3.14 exactly. Yes", "en") == [19, 23]
+
+
+def test_continuation_items_are_deterministic_and_parallel_across_languages():
+    docs = corpus()
+    items = E.build_continuation_items(docs, n_items=5, seed=3)
+    again = E.build_continuation_items(docs.sample(frac=1.0, random_state=1), n_items=5, seed=3)
+    pd.testing.assert_frame_equal(items, again)  # row order of the corpus does not matter
+    other = E.build_continuation_items(docs, n_items=5, seed=4)
+    assert items["choice_keys"].tolist() != other["choice_keys"].tolist()
+
+    assert list(items.columns) == E.ITEM_COLUMNS and len(items) == 15
+    per_language = {lang: frame.reset_index(drop=True) for lang, frame in items.groupby("language")}
+    for lang in ("fr", "zh"):
+        for column in ("key", "label", "choice_keys"):
+            assert per_language[lang][column].tolist() == per_language["en"][column].tolist()
+    for _, item in items.iterrows():
+        assert len(item["choices"]) == 4 and len(set(item["choice_keys"])) == 4
+        assert item["choice_keys"][item["label"]] == item["key"] and "train0" not in item["choice_keys"]
+        k = int(item["key"][3:])
+        assert item["context"].endswith(f"doc {k} sentence 2" + ("。" if item["language"] == "zh" else "."))
+        for key, choice in zip(item["choice_keys"], item["choices"]):  # distractors: same language, other docs
+            j = int(key[3:])
+            assert f"{item['language']} doc {j} sentence 3" in choice and f"doc {j} sentence 4" in choice
+            assert choice.startswith(" ") == (item["language"] != "zh")
+    assert np.bincount(items["label"], minlength=4).max() < 15  # the answer is not always at one position
+
+
+def test_swapped_distractors_reorder_the_true_continuation():
+    docs = corpus()
+    items = E.build_continuation_items(docs, n_items=5, seed=3, distractors="swapped")
+    plain = E.build_continuation_items(docs, n_items=5, seed=3)
+    assert items["key"].tolist() == plain["key"].tolist() and items["label"].tolist() == plain["label"].tolist()
+    for (_, item), true_choices in zip(items.iterrows(), plain["choices"]):
+        true = item["choices"][item["label"]]
+        assert item["choice_keys"][item["label"]] == item["key"]
+        assert true == true_choices[item["label"]], "the true continuation is the same as with documents"
+        wrong = [c for i, c in enumerate(item["choices"]) if i != item["label"]]
+        assert len(set(wrong)) == 3 and true not in wrong
+        for choice in wrong:
+            assert sorted(choice.split()) == sorted(true.split()), "same words, another order"
+            moved = sum(a != b for a, b in zip(choice.split(), true.split()))
+            assert 2 <= moved <= 4, "two swaps of neighbours move at most four words"
+    again = E.build_continuation_items(docs.sample(frac=1.0, random_state=2), n_items=5, seed=3, distractors="swapped")
+    pd.testing.assert_frame_equal(items, again)
+    # languages written without spaces swap characters
+    versions = _swapped_versions("我爱北京天安门", 3, 1, np.random.default_rng(0))
+    assert len(set(versions)) == 3 and all(sorted(v) == sorted("我爱北京天安门") for v in versions)
+    assert _swapped_versions("太短", 3, 1, np.random.default_rng(0)) is None
+    with pytest.raises(E.EvaluationError, match="distractors='mixed'"):
+        E.build_continuation_items(docs, n_items=5, seed=3, distractors="mixed")
+
+
+def test_continuation_items_drop_keys_that_do_not_split_in_every_language():
+    docs = corpus(short={("fr", 2)})
+    with pytest.warns(UserWarning, match="only 7 eligible"):
+        items = E.build_continuation_items(docs, n_items=50, seed=0)
+    assert "key02" not in {k for keys in items["choice_keys"] for k in keys}
+    assert len(items) == 3 * 7
+
+
+def test_continuation_items_unaligned_and_errors():
+    docs = corpus(languages=("en",)).assign(align_key=None)
+    items = E.build_continuation_items(docs, n_items=4, seed=0)
+    assert items["key"].str.startswith("en:").all()
+    with pytest.raises(E.EvaluationError, match="at least 4"):
+        E.build_continuation_items(corpus(n_docs=3), n_items=2, seed=0)
+    with pytest.raises(E.EvaluationError, match="split 'test'"):
+        E.build_continuation_items(corpus(), n_items=2, seed=0, split="test")
+    with pytest.raises(E.EvaluationError, match="no documents of language"):
+        E.build_continuation_items(corpus(), n_items=2, seed=0, languages=["de"])
+
+
+def test_continuation_accuracy_matches_brute_force(tok):
+    model = tiny_model("gpt2")
+    items = E.build_continuation_items(corpus(languages=("en",)), n_items=6, seed=0)
+    result = E.evaluate(model, tok, "continuation", items, "en", batch_size=5, padding_side="left", progress=False)
+    correct = 0
+    for _, item in items.iterrows():
+        scores = [brute_choice_logprob(model, tok, item["context"], c) for c in item["choices"]]
+        correct += int(np.argmax(scores)) == item["label"]
+    assert result["value"] == pytest.approx(correct / 6) and result["n"] == 6
+    # a corpus table works too: the items are then built inside, with the same seed
+    direct = E.evaluate(model, tok, "continuation", corpus(languages=("en",)), "en", n_items=6, seed=0,
+                        progress=False)
+    assert direct["value"] == result["value"]

@@ -1,0 +1,145 @@
+"""Perplexity and multiple choice (langneurons.evaluation.scoring) against brute force and known likelihoods."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from evaluation_helpers import TEXTS, brute_choice_logprob, brute_logprob, char_tokenizer
+from models import tiny_model
+
+from langneurons import evaluation as E
+from langneurons.interventions import deactivate
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama")
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "opt", "gemma2"])
+def test_perplexity_matches_brute_force_for_any_batch_and_padding(name, tok):
+    model = tiny_model(name)
+    max_length = 24  # truncates the long texts
+    nll, n = 0.0, 0
+    for text in TEXTS:
+        total, count = brute_logprob(model, tok(text)["input_ids"][:max_length], 1)
+        nll, n = nll - total, n + count
+    for batch_size in (1, 2, 5):
+        for side in ("left", "right"):
+            result = E.perplexity(model, tok, TEXTS, max_length=max_length, batch_size=batch_size,
+                                  padding_side=side, progress=False)
+            assert result.n_tokens == n and result.n_docs == len(TEXTS)
+            assert result.nll_sum == pytest.approx(nll, rel=1e-5)
+            assert result.perplexity == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_perplexity_is_token_weighted_not_a_mean_over_documents(llama, tok):
+    a = E.perplexity(llama, tok, [TEXTS[0]], progress=False)
+    b = E.perplexity(llama, tok, [TEXTS[1]], progress=False)
+    both = E.perplexity(llama, tok, TEXTS[:2], progress=False)
+    assert both.nll_sum == pytest.approx(a.nll_sum + b.nll_sum, rel=1e-6)
+    assert both.perplexity == pytest.approx(math.exp((a.nll_sum + b.nll_sum) / (a.n_tokens + b.n_tokens)), rel=1e-6)
+    assert both.perplexity != pytest.approx((a.perplexity + b.perplexity) / 2, rel=1e-3)
+
+
+def test_perplexity_rejects_bad_input(llama, tok):
+    with pytest.raises(E.EvaluationError, match="empty"):
+        E.perplexity(llama, tok, [], progress=False)
+    with pytest.raises(E.EvaluationError, match="not one string"):
+        E.perplexity(llama, tok, "one string", progress=False)
+    with pytest.raises(E.EvaluationError, match="padding_side"):
+        E.perplexity(llama, tok, TEXTS, padding_side="middle", progress=False)
+
+
+def test_evaluation_runs_under_deactivation_and_restores(llama, tok):
+    before = E.perplexity(llama, tok, TEXTS, progress=False).nll_sum
+    neurons = [(layer, "ffn", k) for layer in range(3) for k in range(24)]
+    with deactivate(llama, neurons):
+        during = E.evaluate(llama, tok, "perplexity", TEXTS, "en", progress=False)
+    assert during["nll_sum"] != pytest.approx(before, rel=1e-4)
+    assert E.perplexity(llama, tok, TEXTS, progress=False).nll_sum == pytest.approx(before, rel=1e-7)
+
+
+class BigramLM(torch.nn.Module):
+    """p(next | previous) = softmax(table[previous]): every log-likelihood is known in closed form."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.embed = torch.nn.Embedding.from_pretrained(table, freeze=True)
+        self.config = SimpleNamespace(max_position_embeddings=256)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return SimpleNamespace(logits=self.embed(input_ids))
+
+
+def bigram_model(tok) -> tuple[BigramLM, torch.Tensor]:
+    vocab = len(tok)
+    table = torch.zeros(vocab, vocab)
+    t = tok.convert_tokens_to_ids
+    table[t(" "), t("c")] = 6.0  # " c..." starts likely but continues at chance
+    table[t("a"), t("b")] = 9.0  # "abab..." continues with high probability
+    table[t("b"), t("a")] = 9.0
+    return BigramLM(table), table.log_softmax(-1)
+
+
+def test_choice_scores_equal_known_bigram_likelihoods(tok):
+    model, logp = bigram_model(tok)
+    contexts = ["xy", "hello there"]
+    choices = [[" cd", " abababab"], [" a", " c", " ab"]]
+    sums, counts = E.score_continuations(model, tok, contexts, choices, batch_size=2, padding_side="left",
+                                         progress=False)
+    for context, options, item_sums, item_counts in zip(contexts, choices, sums, counts):
+        for option, got, n in zip(options, item_sums, item_counts):
+            prev = context[-1]
+            expected = 0.0
+            for ch in option:  # the first choice token is predicted from the last context token
+                expected += float(logp[tok.convert_tokens_to_ids(prev), tok.convert_tokens_to_ids(ch)])
+                prev = ch
+            assert got == pytest.approx(expected, rel=1e-6)  # float32 logits
+            assert n == len(option)
+
+
+def test_sum_and_mean_normalisation_choose_differently(tok):
+    model, _ = bigram_model(tok)
+    result = E.multiple_choice(model, tok, ["xy"], [[" cd", " abababab"]], [1], progress=False)
+    # the sum favours the short choice, the per-token mean the long, fluent one
+    assert result["details"][0]["pred_sum"] == 0 and result["details"][0]["pred_mean"] == 1
+    assert result["value"] == result["acc_sum"] == 0.0 and result["acc_mean"] == 1.0
+    mean = E.multiple_choice(model, tok, ["xy"], [[" cd", " abababab"]], [1], normalization="mean", progress=False)
+    assert mean["value"] == 1.0 and mean["chance"] == 0.5
+    # identical choices tie; the lowest index wins, deterministically
+    tie = E.multiple_choice(model, tok, ["xy"], [[" cd", " cd"]], [1], progress=False)
+    assert tie["details"][0]["pred_sum"] == 0
+
+
+def test_choice_scores_match_brute_force_on_a_real_model(tok):
+    model = tiny_model("qwen2")
+    contexts = ["Hello world. This is", "x", "A much longer text, with several words"]
+    choices = [[" a test", " b", " more words here."], [" yes", " no", " 12"], [" in it.", " out", " ok"]]
+    reference = [[brute_choice_logprob(model, tok, c, o) for o in opts] for c, opts in zip(contexts, choices)]
+    for batch_size, side in ((1, "right"), (4, "left"), (9, "right")):
+        sums, _ = E.score_continuations(model, tok, contexts, choices, batch_size=batch_size, padding_side=side,
+                                        progress=False)
+        for got, want in zip(sums, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_multiple_choice_rejects_bad_items(llama, tok):
+    with pytest.raises(E.EvaluationError, match="at least 2"):
+        E.multiple_choice(llama, tok, ["x"], [[" a"]], [0], progress=False)
+    with pytest.raises(E.EvaluationError, match="label 3"):
+        E.multiple_choice(llama, tok, ["x"], [[" a", " b"]], [3], progress=False)
+    with pytest.raises(E.EvaluationError, match="normalization"):
+        E.multiple_choice(llama, tok, ["x"], [[" a", " b"]], [0], normalization="max", progress=False)
