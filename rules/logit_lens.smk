@@ -50,6 +50,7 @@ rule logit_lens:
         model=model_dir(),
         code=library(
             "logit_lens.py",
+            "batching.py",
             "interventions.py",
             "architectures.py",
             "corpora.py",

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from langneurons.architectures import input_device
+from langneurons.batching import encode, pad_token_id, padded_batches, special_prefix
 from langneurons.evaluation.common import (
     EvaluationError,
     _check_batch_size,
@@ -19,7 +20,6 @@ from langneurons.evaluation.common import (
     normalize_language,
 )
 from langneurons.evaluation.langid import _check_langid_languages, identify_languages
-from langneurons.evaluation.scoring import _encode, _encode_many, _pad, _pad_id, _special_prefix
 
 #: Neutral values for every setting that would make decoding other than plain greedy. ``generate``
 #: fills each *unset* field from the model's own generation config (a checkpoint may ship
@@ -54,15 +54,12 @@ def _cut_at_stops(text: str, stop: Sequence[str]) -> str:
     return text[: min(positions)] if positions else text
 
 
-def _prompt_ids(tokenizer, prompt: str | Sequence[int], max_prompt_tokens: int) -> list[int]:
-    """A prompt as ids: strings get the special prefix; too long prompts keep their end."""
-    if isinstance(prompt, str):
-        prefix = _special_prefix(tokenizer)
-        body = _encode(tokenizer, prompt)
-        keep = max(1, max_prompt_tokens - len(prefix))
-        return prefix + body[-keep:]
-    ids = [int(t) for t in prompt]
-    return ids[-max_prompt_tokens:]
+def _prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], max_prompt_tokens: int) -> list[list[int]]:
+    """Prompts as ids: strings get the special prefix; too long prompts keep their end."""
+    texts = [prompt for prompt in prompts if isinstance(prompt, str)]
+    room = max(1, max_prompt_tokens - len(special_prefix(tokenizer)))
+    encoded = iter(encode(tokenizer, texts, len(special_prefix(tokenizer)) + room, specials="prefix", keep="end"))
+    return [next(encoded) if isinstance(p, str) else [int(t) for t in p][-max_prompt_tokens:] for p in prompts]
 
 
 def greedy_generate(
@@ -94,18 +91,16 @@ def greedy_generate(
     limit = _model_max_length(model)
     if max_prompt_tokens is None:
         max_prompt_tokens = max(1, limit - max_new_tokens)
-    encoded = [_prompt_ids(tokenizer, prompt, max_prompt_tokens) for prompt in prompts]
+    encoded = _prompt_ids(tokenizer, prompts, max_prompt_tokens)
     if any(not ids for ids in encoded):
         raise EvaluationError("a prompt encodes to no tokens; prompts must not be empty")
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
     device = input_device(model)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(encoded)
     with _eval_mode(model), tqdm(total=len(encoded), desc="generating", disable=not progress, leave=False) as bar:
-        for first in range(0, len(order), batch_size):
-            rows = order[first : first + batch_size]
-            ids, mask = _pad([encoded[i] for i in rows], pad_id, "left")
+        # left padding: every prompt's last token in the last column, where decoding continues
+        for rows, ids, mask in padded_batches(encoded, batch_size, pad_id, "left"):
             config = _greedy_config(max_new_tokens, pad_id, eos)
             generated = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
@@ -173,5 +168,4 @@ def _doc_prompts(
         raise EvaluationError(f"data has no documents of language {language!r}; it has {sorted(set(docs['language']))}")
     if limit is not None:
         mine = mine.iloc[:limit]
-    prefix = _special_prefix(tokenizer)
-    return [prefix + ids[:prompt_tokens] for ids in _encode_many(tokenizer, mine["text"].tolist())]
+    return encode(tokenizer, mine["text"].tolist(), len(special_prefix(tokenizer)) + prompt_tokens, specials="prefix")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -13,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from langneurons.architectures import forward_inputs, input_device
+from langneurons.batching import PADDING_SIDES, encode, pad_token_id, padded_batches, special_prefix
 from langneurons.evaluation.common import (
     EvaluationError,
     _check_batch_size,
@@ -20,62 +20,6 @@ from langneurons.evaluation.common import (
     _eval_mode,
     _resolve_max_length,
 )
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _encode_many(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of many texts without special tokens, in one (fast, batched) tokenizer call."""
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-
-@functools.lru_cache(maxsize=8)
-def _special_prefix_cached(tokenizer) -> tuple[int, ...]:
-    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    without = _encode(tokenizer, "a")
-    for start in range(len(with_special) - len(without) + 1):
-        if with_special[start : start + len(without)] == without:
-            return tuple(with_special[:start])
-    return ()
-
-
-def _special_prefix(tokenizer) -> list[int]:
-    """The special tokens the tokenizer puts *before* a text (e.g. ``<s>``), never a suffix.
-
-    Texts are encoded as prefix + ids-without-specials so that a tokenizer
-    that appends ``</s>`` cannot end a context or a prompt early.
-    """
-    try:
-        return list(_special_prefix_cached(tokenizer))
-    except TypeError:  # unhashable tokenizer
-        return list(_special_prefix_cached.__wrapped__(tokenizer))
-
-
-def _pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def _pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence on ``side``; returns ids and the 0/1 attention mask."""
-    if side not in ("left", "right"):
-        raise EvaluationError(f"padding_side={side!r} is unknown; use 'left' or 'right'")
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        n = len(seq)
-        if n == 0:
-            continue
-        where = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[row, where] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, where] = 1
-    return ids, mask
 
 
 def sequence_logprobs(
@@ -97,18 +41,17 @@ def sequence_logprobs(
     and the per-sequence sums are float64.
     """
     _check_batch_size(batch_size)
+    if padding_side not in PADDING_SIDES:
+        raise EvaluationError(f"padding_side={padding_side!r} is unknown; use 'left' or 'right'")
     if len(sequences) != len(target_starts):
         raise EvaluationError(f"{len(sequences)} sequences but {len(target_starts)} target starts")
     sums = np.zeros(len(sequences), dtype=np.float64)
     counts = np.zeros(len(sequences), dtype=np.int64)
     if not sequences:
         return sums, counts
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     device = input_device(model)
     with _eval_mode(model), tqdm(total=len(sequences), desc=desc, disable=not progress, leave=False) as bar:
-        for first in range(0, len(order), batch_size):
-            rows = order[first : first + batch_size]
-            ids, mask = _pad([sequences[i] for i in rows], pad_id, padding_side)
+        for rows, ids, mask in padded_batches(sequences, batch_size, pad_id, padding_side):
             starts = torch.tensor([max(1, int(target_starts[i])) for i in rows], dtype=torch.long)
             ids, mask = ids.to(device), mask.to(device)
             logits = model(**forward_inputs(model, ids, mask)).logits
@@ -172,10 +115,9 @@ def perplexity(
     """
     texts = _check_texts(texts, "texts")
     max_length = _resolve_max_length(model, max_length)
-    prefix = _special_prefix(tokenizer)
-    sequences = [(prefix + ids)[:max_length] for ids in _encode_many(tokenizer, texts)]
+    sequences = encode(tokenizer, texts, max_length, specials="prefix")
     sums, counts = sequence_logprobs(
-        model, sequences, [1] * len(sequences), pad_id=_pad_id(tokenizer), batch_size=batch_size,
+        model, sequences, [1] * len(sequences), pad_id=pad_token_id(tokenizer), batch_size=batch_size,
         padding_side=padding_side, progress=progress, desc="perplexity",
     )
     return PerplexityResult(nll_sum=float(-sums.sum()), n_tokens=int(counts.sum()), n_docs=len(texts))
@@ -212,16 +154,19 @@ def score_continuations(
     if not contexts:
         raise EvaluationError("no items to score; the data is empty")
     max_length = _resolve_max_length(model, max_length)
-    prefix = _special_prefix(tokenizer)
+    prefix = special_prefix(tokenizer)
     sequences: list[list[int]] = []
     starts: list[int] = []
     owners: list[tuple[int, int]] = []
-    for item, (context, options) in enumerate(zip(contexts, choices)):
+    for item, options in enumerate(choices):
         if len(options) < 2:
             raise EvaluationError(f"item {item} has {len(options)} choice(s); multiple choice needs at least 2")
-        context_ids = _encode(tokenizer, context)
+    all_context_ids = encode(tokenizer, contexts, specials="none")
+    flat_options = [option for options in choices for option in options]
+    flat_option_ids = iter(encode(tokenizer, flat_options, max(1, max_length - len(prefix) - 1), specials="none"))
+    for item, (context_ids, options) in enumerate(zip(all_context_ids, choices)):
         for k, option in enumerate(options):
-            option_ids = _encode(tokenizer, option)[: max(1, max_length - len(prefix) - 1)]
+            option_ids = next(flat_option_ids)
             if not option_ids:
                 raise EvaluationError(f"item {item} choice {k} ({option!r}) encodes to no tokens")
             room = max_length - len(prefix) - len(option_ids)
@@ -230,7 +175,7 @@ def score_continuations(
             starts.append(len(prefix) + len(ctx))
             owners.append((item, k))
     sums, counts = sequence_logprobs(
-        model, sequences, starts, pad_id=_pad_id(tokenizer), batch_size=batch_size,
+        model, sequences, starts, pad_id=pad_token_id(tokenizer), batch_size=batch_size,
         padding_side=padding_side, progress=progress, desc="choices",
     )
     item_sums = [np.zeros(len(options)) for options in choices]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from langneurons.batching import encode, special_prefix
 from langneurons.evaluation.benchmarks import _benchmark_records, load_documents
 from langneurons.evaluation.common import (
     EvaluationError,
@@ -24,7 +25,7 @@ from langneurons.evaluation.common import (
 from langneurons.evaluation.generation import _doc_prompts, fidelity, greedy_generate
 from langneurons.evaluation.items import build_continuation_items, continuation
 from langneurons.evaluation.metrics import exact_match, extract_number, numbers_match, rouge_l, token_f1
-from langneurons.evaluation.scoring import _encode, _special_prefix, multiple_choice, perplexity
+from langneurons.evaluation.scoring import multiple_choice, perplexity
 
 
 def _fit_prompt(tokenizer, template: str, body_field: str, fields: Mapping[str, str], max_tokens: int) -> list[int]:
@@ -34,16 +35,15 @@ def _fit_prompt(tokenizer, template: str, body_field: str, fields: Mapping[str, 
     the question around it are kept whole. A final guard keeps the last
     ``max_tokens`` tokens in case re-tokenisation at the cut grew the prompt.
     """
-    prefix = _special_prefix(tokenizer)
-    ids = prefix + _encode(tokenizer, template.format(**fields))
+    ids = encode(tokenizer, [template.format(**fields)], specials="prefix")[0]  # in full: how much must go
     if len(ids) <= max_tokens:
         return ids
-    body_ids = _encode(tokenizer, fields[body_field])
+    body_ids = encode(tokenizer, [fields[body_field]], specials="none")[0]
     keep = max(0, len(body_ids) - (len(ids) - max_tokens) - 8)
     shortened = dict(fields, **{body_field: tokenizer.decode(body_ids[:keep], skip_special_tokens=True)})
-    ids = _encode(tokenizer, template.format(**shortened))
-    room = max(1, max_tokens - len(prefix))
-    return prefix + ids[-room:]
+    n_prefix = len(special_prefix(tokenizer))
+    room = max(1, max_tokens - n_prefix)
+    return encode(tokenizer, [template.format(**shortened)], n_prefix + room, specials="prefix", keep="end")[0]
 
 
 def _max_prompt_tokens(model: torch.nn.Module, max_new_tokens: int, max_prompt_tokens: int | None) -> int:
