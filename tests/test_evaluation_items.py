@@ -100,10 +100,13 @@ def test_continuation_items_unaligned_and_errors():
 def test_continuation_accuracy_matches_brute_force(tok):
     model = tiny_model("gpt2")
     items = E.build_continuation_items(corpus(languages=("en",)), n_items=6, seed=0)
-    result = E.evaluate(model, tok, "continuation", items, "en", batch_size=5, padding_side="left", progress=False)
+    # the demo's max_length: every context (about 62 tokens) and choice (about 42) fits whole
+    result = E.evaluate(model, tok, "continuation", items, "en", max_length=128, batch_size=5, padding_side="left",
+                        progress=False)  # fmt: skip
     correct = 0
-    for _, item in items.iterrows():
+    for (_, item), detail in zip(items.iterrows(), result["details"]):
         scores = [brute_choice_logprob(model, tok, item["context"], c) for c in item["choices"]]
+        np.testing.assert_allclose(detail["logprob_sum"], scores, rtol=1e-5)
         correct += int(np.argmax(scores)) == item["label"]
     assert result["value"] == pytest.approx(correct / 6) and result["n"] == 6
     # a corpus table works too: the items are then built inside, with the same seed

@@ -136,6 +136,31 @@ def test_choice_scores_match_brute_force_on_a_real_model(tok):
             np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_a_context_that_fits_is_never_cut_whatever_the_choice_lengths(tok):
+    # 31 context tokens, choices of 9 and 17, room for 64: every choice must see the whole context
+    model = tiny_model("llama")
+    context, choices = "The cat sat on the mat and then", [" it slept", " it ran far away."]
+    assert [len(tok(text, add_special_tokens=False)["input_ids"]) for text in [context, *choices]] == [31, 9, 17]
+    reference = [brute_choice_logprob(model, tok, context, choice) for choice in choices]
+    for batch_size, side in ((1, "right"), (2, "left")):
+        sums, counts = E.score_continuations(model, tok, [context], [choices], max_length=64, batch_size=batch_size,
+                                             padding_side=side, progress=False)  # fmt: skip
+        np.testing.assert_allclose(sums[0], reference, rtol=1e-5)
+        assert counts[0].tolist() == [9, 17]
+
+
+def test_a_context_that_does_not_fit_is_cut_once_for_all_choices(tok):
+    model = tiny_model("llama")
+    context, choices = "The cat sat on the mat and then", [" it slept", " it ran far away."]
+    ids = tok(context, add_special_tokens=False)["input_ids"]
+    # room for 24 tokens: <s>, the longest choice (17), so the last 6 context tokens for *every* choice
+    kept = [tok.bos_token_id] + ids[-6:]
+    reference = [brute_logprob(model, kept + tok(c, add_special_tokens=False)["input_ids"], len(kept))[0]
+                 for c in choices]  # fmt: skip
+    sums, _ = E.score_continuations(model, tok, [context], [choices], max_length=24, progress=False)
+    np.testing.assert_allclose(sums[0], reference, rtol=1e-5)
+
+
 def test_multiple_choice_rejects_bad_items(llama, tok):
     with pytest.raises(E.EvaluationError, match="at least 2"):
         E.multiple_choice(llama, tok, ["x"], [[" a"]], [0], progress=False)

@@ -110,9 +110,10 @@ def test_xcopa_formats_and_matches_brute_force(tmp_path, tok):
     assert E.xcopa_item(records[2], "zh", E.XCOPA_CONNECTORS["zh"]) == ("我爱北京因为", ["北京是一", "我在北京"])
     result = E.evaluate(model, tok, "xcopa", tmp_path, "en", progress=False)
     correct = 0
-    for record in records[:2]:
+    for record, detail in zip(records[:2], result["details"]):
         context, choices = E.xcopa_item(record, "en", E.XCOPA_CONNECTORS["en"])
         scores = [brute_choice_logprob(model, tok, context, c) for c in choices]
+        np.testing.assert_allclose(detail["logprob_sum"], scores, rtol=1e-5)
         correct += int(np.argmax(scores)) == record["label"]
     assert result["value"] == correct / 2 and result["n"] == 2
     with pytest.raises(E.EvaluationError, match="connector"):
@@ -134,6 +135,7 @@ def test_xcsqa_both_layouts(tmp_path, tok):
     result = E.evaluate(model, tok, "xcsqa", tmp_path, "en", progress=False)
     scores = [brute_choice_logprob(model, tok, "Question: Where is a cat?\nAnswer:", " " + c) for c in
               ("bed", "sky", "sea")]
+    np.testing.assert_allclose(result["details"][0]["logprob_sum"], scores, rtol=1e-5)
     assert result["value"] == float(np.argmax(scores) == 0)
     with pytest.raises(E.EvaluationError, match="answerKey"):
         E.evaluate(model, tok, "xcsqa", [dict(hub, answerKey="")], "en")

@@ -144,10 +144,12 @@ def score_continuations(
     """Log-likelihood of every choice given its context: per item (sums, token counts).
 
     Context and choice are encoded separately and concatenated (as
-    lm-evaluation-harness does), so every choice of an item is conditioned
-    on exactly the same context tokens. A choice's leading whitespace
-    belongs to the choice. Too long inputs lose the start of the context
-    (after the special prefix), then the end of the choice.
+    lm-evaluation-harness does); a choice's leading whitespace belongs to
+    the choice. Every choice of an item is conditioned on exactly the same
+    context tokens: the whole context when the special prefix, the context
+    and the *longest* choice fit in ``max_length``, otherwise the context's
+    last tokens that leave room for that choice (a choice longer than
+    ``max_length`` allows loses its end).
     """
     if len(contexts) != len(choices):
         raise EvaluationError(f"{len(contexts)} contexts but {len(choices)} choice lists")
@@ -165,13 +167,15 @@ def score_continuations(
     flat_options = [option for options in choices for option in options]
     flat_option_ids = iter(encode(tokenizer, flat_options, max(1, max_length - len(prefix) - 1), specials="none"))
     for item, (context_ids, options) in enumerate(zip(all_context_ids, choices)):
-        for k, option in enumerate(options):
-            option_ids = next(flat_option_ids)
-            if not option_ids:
+        option_ids = [next(flat_option_ids) for _ in options]
+        for k, (option, ids) in enumerate(zip(options, option_ids)):
+            if not ids:
                 raise EvaluationError(f"item {item} choice {k} ({option!r}) encodes to no tokens")
-            room = max_length - len(prefix) - len(option_ids)
-            ctx = context_ids[len(context_ids) - room :] if room > 0 else []
-            sequences.append(prefix + ctx + option_ids)
+        # one cut per item, set by its longest choice: the choices differ only in themselves
+        room = max(0, max_length - len(prefix) - max(len(ids) for ids in option_ids))
+        ctx = context_ids[max(0, len(context_ids) - room) :]
+        for k, ids in enumerate(option_ids):
+            sequences.append(prefix + ctx + ids)
             starts.append(len(prefix) + len(ctx))
             owners.append((item, k))
     sums, counts = sequence_logprobs(
