@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,6 +77,36 @@ def test_swapped_distractors_reorder_the_true_continuation():
     assert _swapped_versions("太短", 3, 1, np.random.default_rng(0)) is None
     with pytest.raises(E.EvaluationError, match="distractors='mixed'"):
         E.build_continuation_items(docs, n_items=5, seed=3, distractors="mixed")
+
+
+def spaced_corpus() -> pd.DataFrame:
+    """Aligned documents whose continuations hold line breaks, double spaces and (zh) inner spaces."""
+    rows = []
+    for k in range(6):
+        texts = {
+            "en": f"Doc {k} starts. It goes on. Then a third.\nThe  cat of doc {k}\nsat on the mat. It  was\nhappy.",
+            "zh": f"我爱北京。北京是{k}。我在北京。\n北京是一  个\n城市。我爱北京。",
+        }
+        rows += [(f"{lang}:{k}", lang, text, "eval", f"key{k}") for lang, text in texts.items()]
+    return pd.DataFrame(rows, columns=["doc_id", "language", "text", "split", "align_key"])
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_every_choice_keeps_the_true_continuations_whitespace(language):
+    items = E.build_continuation_items(spaced_corpus(), n_items=6, seed=0, distractors="swapped",
+                                       languages=[language])  # fmt: skip
+    assert len(items) == 6
+    for _, item in items.iterrows():
+        true = item["choices"][item["label"]]
+        assert "\n" in true and "  " in true
+        for choice in item["choices"]:
+            assert sorted(choice) == sorted(true)  # the same characters, in another order
+            if language == "zh":  # characters move; every whitespace character stays where it was
+                assert [(i, ch) for i, ch in enumerate(choice) if ch.isspace()] == [
+                    (i, ch) for i, ch in enumerate(true) if ch.isspace()
+                ]
+            else:  # words move between the same whitespace runs
+                assert re.findall(r"\s+", choice) == re.findall(r"\s+", true)
 
 
 def test_continuation_items_drop_keys_that_do_not_split_in_every_language():

@@ -15,6 +15,7 @@ import torch
 from langneurons.evaluation.common import EvaluationError, _select_docs, normalize_language
 from langneurons.evaluation.scoring import multiple_choice
 
+# Sentence ends: terminal punctuation followed by whitespace (optionally after
 # closing quotes/brackets), or CJK full-width terminators (no space follows them).
 _SENTENCE_END = re.compile(
     r"[.!?\u061f\u06d4\u0964\u0965\u1362\u104b]+[\"'\u201d\u2019\u00bb)\]]*(?=\s)"
@@ -57,14 +58,19 @@ def _split_document(text: str, language: str, context_sentences: int, continuati
 DISTRACTORS = ("documents", "swapped")
 
 
-def _order_units(text: str) -> tuple[str, list[str], str]:
-    """(leading whitespace, units, joiner): words where the text has spaces, else characters (zh, ja, th)."""
-    body = text.lstrip()
-    lead = text[: len(text) - len(body)]
-    words = body.split()
+def _movable_units(text: str) -> tuple[list[str], list[int]]:
+    """The pieces of ``text`` and which of them may move: words where the text has spaces, else characters.
+
+    Words are the pieces between whitespace runs; texts with fewer than 4
+    words (zh, ja, th) move their non-space characters. Whitespace never
+    moves, so every version of a text keeps its line breaks and spacing.
+    """
+    pieces = re.split(r"(\s+)", text)
+    words = [i for i, piece in enumerate(pieces) if piece and not piece.isspace()]
     if len(words) >= 4:
-        return lead, words, " "
-    return lead, [c for c in body if not c.isspace()], ""
+        return pieces, words
+    pieces = list(text)
+    return pieces, [i for i, ch in enumerate(pieces) if not ch.isspace()]
 
 
 def _swapped_versions(text: str, count: int, swaps: int, rng: np.random.Generator) -> list[str] | None:
@@ -72,18 +78,18 @@ def _swapped_versions(text: str, count: int, swaps: int, rng: np.random.Generato
 
     None when the text has fewer than 4 units or no such versions can be found.
     """
-    lead, units, joiner = _order_units(text)
-    original = lead + joiner.join(units)
-    if len(units) < 4:
+    pieces, movable = _movable_units(text)
+    if len(movable) < 4:
         return None
     found: list[str] = []
     for _ in range(50 * count):
-        changed = list(units)
+        changed = list(pieces)
         for _ in range(swaps):
-            i = int(rng.integers(len(changed) - 1))
-            changed[i], changed[i + 1] = changed[i + 1], changed[i]
-        candidate = lead + joiner.join(changed)
-        if candidate != original and candidate not in found:
+            i = int(rng.integers(len(movable) - 1))
+            a, b = movable[i], movable[i + 1]
+            changed[a], changed[b] = changed[b], changed[a]
+        candidate = "".join(changed)
+        if candidate != text and candidate not in found:
             found.append(candidate)
             if len(found) == count:
                 return found
