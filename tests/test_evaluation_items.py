@@ -11,6 +11,8 @@ from evaluation_helpers import brute_choice_logprob, char_tokenizer, corpus
 from models import tiny_model
 
 from langneurons import evaluation as E
+from langneurons.corpora import DEMO_TRANSLATIONS, sample_corpus
+from langneurons.demo_model import build_tokenizer
 from langneurons.evaluation.items import _swapped_versions
 
 
@@ -54,9 +56,9 @@ def test_continuation_items_are_deterministic_and_parallel_across_languages():
     assert np.bincount(items["label"], minlength=4).max() < 15  # the answer is not always at one position
 
 
-def test_swapped_distractors_reorder_the_true_continuation():
+def test_swapped_distractors_reorder_the_true_continuation(tok):
     docs = corpus()
-    items = E.build_continuation_items(docs, n_items=5, seed=3, distractors="swapped")
+    items = E.build_continuation_items(docs, n_items=5, seed=3, distractors="swapped", tokenizer=tok)
     plain = E.build_continuation_items(docs, n_items=5, seed=3)
     assert items["key"].tolist() == plain["key"].tolist() and items["label"].tolist() == plain["label"].tolist()
     for (_, item), true_choices in zip(items.iterrows(), plain["choices"]):
@@ -69,7 +71,8 @@ def test_swapped_distractors_reorder_the_true_continuation():
             assert sorted(choice.split()) == sorted(true.split()), "same words, another order"
             moved = sum(a != b for a, b in zip(choice.split(), true.split()))
             assert 2 <= moved <= 4, "two swaps of neighbours move at most four words"
-    again = E.build_continuation_items(docs.sample(frac=1.0, random_state=2), n_items=5, seed=3, distractors="swapped")
+    again = E.build_continuation_items(docs.sample(frac=1.0, random_state=2), n_items=5, seed=3, distractors="swapped",
+                                       tokenizer=tok)  # fmt: skip
     pd.testing.assert_frame_equal(items, again)
     # languages written without spaces swap characters
     versions = _swapped_versions("我爱北京天安门", 3, 1, np.random.default_rng(0))
@@ -77,6 +80,33 @@ def test_swapped_distractors_reorder_the_true_continuation():
     assert _swapped_versions("太短", 3, 1, np.random.default_rng(0)) is None
     with pytest.raises(E.EvaluationError, match="distractors='mixed'"):
         E.build_continuation_items(docs, n_items=5, seed=3, distractors="mixed")
+    with pytest.raises(E.EvaluationError, match=r"needs the evaluated model's tokenizer \(tokenizer=\.\.\.\)"):
+        E.build_continuation_items(docs, n_items=5, seed=3, distractors="swapped")
+
+
+#: The demo's languages that continuation items can be built in: the Korean translation has no sentence punctuation.
+ITEM_LANGUAGES = sorted(set(DEMO_TRANSLATIONS) - {"ko"})
+
+
+@pytest.fixture(scope="module")
+def demo_items():
+    """Swapped-distractor items of the demo corpus in its languages, and a byte-level BPE trained on it."""
+    frames = sample_corpus({"source": "demo"}, ITEM_LANGUAGES, {"eval": 40, "train": 40}, seed=0,
+                           filters={"min_chars": 200, "max_chars": 3000})  # fmt: skip
+    docs = pd.concat(frames.values(), ignore_index=True)
+    tokenizer = build_tokenizer(docs.loc[docs["split"] == "train", "text"], vocab_size=4000)
+    return tokenizer, E.build_continuation_items(docs, n_items=30, seed=0, distractors="swapped", tokenizer=tokenizer)
+
+
+def test_swapped_distractors_put_a_know_nothing_model_at_chance_in_every_demo_language(demo_items):
+    tokenizer, items = demo_items
+    assert sorted(set(items["language"])) == ITEM_LANGUAGES
+    for language, mine in items.groupby("language"):
+        assert len(mine) >= 20, language
+        chance = E.chance_level(tokenizer, mine["context"].tolist(), mine["choices"].tolist(), mine["label"].tolist())
+        assert chance.mean() == 0.25, language  # exactly 1/k: no sampling error left
+        for choices in mine["choices"]:  # the token counts, straight from the tokenizer
+            assert len({len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices}) == 1, choices
 
 
 def spaced_corpus() -> pd.DataFrame:
@@ -92,9 +122,9 @@ def spaced_corpus() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
-def test_every_choice_keeps_the_true_continuations_whitespace(language):
+def test_every_choice_keeps_the_true_continuations_whitespace(language, tok):
     items = E.build_continuation_items(spaced_corpus(), n_items=6, seed=0, distractors="swapped",
-                                       languages=[language])  # fmt: skip
+                                       languages=[language], tokenizer=tok)  # fmt: skip
     assert len(items) == 6
     for _, item in items.iterrows():
         true = item["choices"][item["label"]]

@@ -124,6 +124,29 @@ def test_sum_and_mean_normalisation_choose_differently(tok):
     assert tie["details"][0]["pred_sum"] == 0
 
 
+def test_uniform_chance_splits_ties_evenly():
+    counts = [[3, 5, 5, 5], [3, 3, 5, 5], [3, 3, 5, 5], [4, 4, 4, 4], [2, 9]]
+    labels = [0, 1, 2, 3, 1]
+    assert E.uniform_chance(counts, labels, "sum").tolist() == [1.0, 0.5, 0.0, 0.25, 0.0]
+    assert E.uniform_chance(counts, labels, "mean").tolist() == [0.25, 0.25, 0.25, 0.25, 0.5]
+    with pytest.raises(E.EvaluationError, match="normalization"):
+        E.uniform_chance(counts, labels, "max")
+
+
+def test_chance_level_counts_the_tokens_that_are_scored(tok):
+    contexts = ["ab", "abc", "a"]
+    choices = [[" c", " cd", " cde"], [" xy", " zw"], [" longer one", " short"]]
+    labels = [0, 1, 0]
+    # one token per character: the shortest choice wins under the sum, all tie under the mean
+    assert E.chance_level(tok, contexts, choices, labels).tolist() == [1.0, 0.5, 0.0]
+    assert E.chance_level(tok, contexts, choices, labels, normalization="mean").tolist() == [1 / 3, 0.5, 0.5]
+    # cut at 6 tokens (<s>, the context cut, at most 4 choice tokens): " longer one" and " short" tie at 4
+    assert E.chance_level(tok, contexts, choices, labels, max_length=6).tolist() == [1.0, 0.5, 0.5]
+    model, _ = bigram_model(tok)
+    result = E.multiple_choice(model, tok, contexts, choices, labels, max_length=6, progress=False)
+    assert (result["chance"], result["chance_nominal"]) == (pytest.approx(2 / 3), pytest.approx((1 / 3 + 1) / 3))
+
+
 def test_choice_scores_match_brute_force_on_a_real_model(tok):
     model = tiny_model("qwen2")
     contexts = ["Hello world. This is", "x", "A much longer text, with several words"]

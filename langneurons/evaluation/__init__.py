@@ -67,10 +67,12 @@ from langneurons.evaluation.metrics import (
 )
 from langneurons.evaluation.scoring import (
     PerplexityResult,
+    chance_level,
     multiple_choice,
     perplexity,
     score_continuations,
     sequence_logprobs,
+    uniform_chance,
 )
 from langneurons.evaluation.tasks import (
     METRICS,
@@ -98,6 +100,7 @@ __all__ = [
     "UNDETERMINED",
     "XCOPA_CONNECTORS",
     "build_continuation_items",
+    "chance_level",
     "continuation",
     "evaluate",
     "exact_match",
@@ -119,6 +122,7 @@ __all__ = [
     "sentence_boundaries",
     "sequence_logprobs",
     "token_f1",
+    "uniform_chance",
     "xcopa",
     "xcopa_item",
     "xcsqa",

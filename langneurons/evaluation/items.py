@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from langneurons.batching import encode
 from langneurons.evaluation.common import EvaluationError, _select_docs, normalize_language
 from langneurons.evaluation.scoring import multiple_choice
 
@@ -73,14 +74,19 @@ def _movable_units(text: str) -> tuple[list[str], list[int]]:
     return pieces, [i for i, ch in enumerate(pieces) if not ch.isspace()]
 
 
-def _swapped_versions(text: str, count: int, swaps: int, rng: np.random.Generator) -> list[str] | None:
+def _swapped_versions(
+    text: str, count: int, swaps: int, rng: np.random.Generator, n_tokens: Callable[[str], int] | None = None
+) -> list[str] | None:
     """``count`` distinct versions of ``text`` with ``swaps`` random pairs of neighbouring units exchanged.
 
-    None when the text has fewer than 4 units or no such versions can be found.
+    With ``n_tokens`` (a text's token count), only versions with as many
+    tokens as ``text`` are kept. None when the text has fewer than 4 units
+    or no such versions can be found.
     """
     pieces, movable = _movable_units(text)
     if len(movable) < 4:
         return None
+    length = None if n_tokens is None else n_tokens(text)
     found: list[str] = []
     for _ in range(50 * count):
         changed = list(pieces)
@@ -89,7 +95,7 @@ def _swapped_versions(text: str, count: int, swaps: int, rng: np.random.Generato
             a, b = movable[i], movable[i + 1]
             changed[a], changed[b] = changed[b], changed[a]
         candidate = "".join(changed)
-        if candidate != text and candidate not in found:
+        if candidate != text and candidate not in found and (length is None or n_tokens(candidate) == length):
             found.append(candidate)
             if len(found) == count:
                 return found
@@ -109,6 +115,7 @@ def build_continuation_items(
     aligned: bool | None = None,
     distractors: str = "documents",
     swaps: int = 2,
+    tokenizer: Any = None,
 ) -> pd.DataFrame:
     """Multiple-choice continuation items, parallel across languages.
 
@@ -120,11 +127,22 @@ def build_continuation_items(
     language and similar length: this asks for topical coherence, which a
     small model may lack. With ``"swapped"`` they are the true continuation
     with ``swaps`` seeded random pairs of neighbouring words (characters in
-    languages written without spaces) exchanged: nearly the same tokens, so
-    only local word order tells them apart, which a model that has learnt
-    the language can do (the 5M-parameter demo model scores 0.63-0.90 with
-    the default 2 swaps, chance 0.25). Their ``choice_keys`` are
-    ``<key>#swapped<j>``.
+    languages written without spaces) exchanged, its whitespace left in
+    place: nearly the same tokens, so only local word order tells them
+    apart, which a model that has learnt the language can do (the
+    5M-parameter demo model scores 0.63-0.90 with the default 2 swaps,
+    chance 0.25). Their ``choice_keys`` are ``<key>#swapped<j>``.
+
+    Swapped distractors need the evaluated model's ``tokenizer``: a swap
+    that changes the number of tokens is redrawn (a swap of characters can
+    break a merge into several tokens), so every choice has exactly the true
+    continuation's token count. Otherwise a model that knows nothing would
+    pick the truth by length alone under summed log-likelihoods (it did in
+    zh: 0.50 instead of 0.25 with the demo tokenizer). With equal counts,
+    summed and per-token mean scores rank the choices alike, and a uniform
+    model is at exactly 1/k (:func:`langneurons.evaluation.chance_level`
+    measures it for any item set). A document without such versions is not
+    eligible.
 
     Aligned corpora (every row has an ``align_key``, the default when so):
     a key is eligible only if its document splits in *every* language, and
@@ -189,11 +207,20 @@ def build_continuation_items(
     if distractors == "swapped":
         if not isinstance(swaps, int) or swaps < 1:
             raise EvaluationError(f"swaps={swaps!r} must be a positive integer")
+        if tokenizer is None:
+            raise EvaluationError(
+                "distractors='swapped' needs the evaluated model's tokenizer (tokenizer=...): a distractor must have "
+                "as many tokens as the true continuation, or its length gives the answer away"
+            )
+
+        def n_tokens(text: str) -> int:
+            return len(encode(tokenizer, [text], specials="none")[0])  # as score_continuations encodes a choice
+
         for lang, parts in splits.items():
             shuffles[lang] = {}
             for key, (_, true) in parts.items():
                 rng = np.random.default_rng([seed, zlib.crc32(f"{lang}\x1f{key}".encode())])
-                versions = _swapped_versions(true, n_choices - 1, swaps, rng)
+                versions = _swapped_versions(true, n_choices - 1, swaps, rng, n_tokens)
                 if versions is not None:
                     shuffles[lang][key] = versions
             splits[lang] = {key: value for key, value in parts.items() if key in shuffles[lang]}

@@ -130,6 +130,52 @@ def perplexity(
 NORMALIZATIONS = ("sum", "mean")
 
 
+def _choice_sequences(
+    tokenizer, contexts: Sequence[str], choices: Sequence[Sequence[str]], max_length: int | None
+) -> tuple[list[list[int]], list[int], list[tuple[int, int]]]:
+    """Every choice as ``prefix + context + choice`` ids, where its tokens start, and its (item, choice).
+
+    Each item's context is cut once, by its longest choice, and only when
+    it does not fit (``max_length`` None: never).
+    """
+    if len(contexts) != len(choices):
+        raise EvaluationError(f"{len(contexts)} contexts but {len(choices)} choice lists")
+    if not contexts:
+        raise EvaluationError("no items to score; the data is empty")
+    for item, options in enumerate(choices):
+        if len(options) < 2:
+            raise EvaluationError(f"item {item} has {len(options)} choice(s); multiple choice needs at least 2")
+    prefix = special_prefix(tokenizer)
+    choice_budget = None if max_length is None else max(1, max_length - len(prefix) - 1)
+    flat_choices = [option for options in choices for option in options]
+    choice_ids = iter(encode(tokenizer, flat_choices, choice_budget, specials="none"))
+    sequences: list[list[int]] = []
+    starts: list[int] = []
+    owners: list[tuple[int, int]] = []
+    for item, (context_ids, options) in enumerate(zip(encode(tokenizer, contexts, specials="none"), choices)):
+        option_ids = [next(choice_ids) for _ in options]
+        for k, (option, ids) in enumerate(zip(options, option_ids)):
+            if not ids:
+                raise EvaluationError(f"item {item} choice {k} ({option!r}) encodes to no tokens")
+        if max_length is not None:
+            # one cut per item, set by its longest choice: the choices differ only in themselves
+            room = max(0, max_length - len(prefix) - max(len(ids) for ids in option_ids))
+            context_ids = context_ids[max(0, len(context_ids) - room) :]
+        for k, ids in enumerate(option_ids):
+            sequences.append(prefix + context_ids + ids)
+            starts.append(len(prefix) + len(context_ids))
+            owners.append((item, k))
+    return sequences, starts, owners
+
+
+def _per_item(owners: Sequence[tuple[int, int]], values: Sequence, choices: Sequence[Sequence[str]], dtype) -> list:
+    """Flat per-choice values back into one array per item."""
+    out = [np.zeros(len(options), dtype=dtype) for options in choices]
+    for (item, k), value in zip(owners, values):
+        out[item][k] = value
+    return out
+
+
 def score_continuations(
     model: torch.nn.Module,
     tokenizer,
@@ -147,47 +193,60 @@ def score_continuations(
     lm-evaluation-harness does); a choice's leading whitespace belongs to
     the choice. Every choice of an item is conditioned on exactly the same
     context tokens: the whole context when the special prefix, the context
-    and the *longest* choice fit in ``max_length``, otherwise the context's
-    last tokens that leave room for that choice (a choice longer than
-    ``max_length`` allows loses its end).
+    and the *longest* choice fit in ``max_length`` (None: the model's
+    context), otherwise the context's last tokens that leave room for the
+    longest choice (a choice longer than ``max_length`` allows loses its end).
     """
-    if len(contexts) != len(choices):
-        raise EvaluationError(f"{len(contexts)} contexts but {len(choices)} choice lists")
-    if not contexts:
-        raise EvaluationError("no items to score; the data is empty")
-    max_length = _resolve_max_length(model, max_length)
-    prefix = special_prefix(tokenizer)
-    sequences: list[list[int]] = []
-    starts: list[int] = []
-    owners: list[tuple[int, int]] = []
-    for item, options in enumerate(choices):
-        if len(options) < 2:
-            raise EvaluationError(f"item {item} has {len(options)} choice(s); multiple choice needs at least 2")
-    all_context_ids = encode(tokenizer, contexts, specials="none")
-    flat_options = [option for options in choices for option in options]
-    flat_option_ids = iter(encode(tokenizer, flat_options, max(1, max_length - len(prefix) - 1), specials="none"))
-    for item, (context_ids, options) in enumerate(zip(all_context_ids, choices)):
-        option_ids = [next(flat_option_ids) for _ in options]
-        for k, (option, ids) in enumerate(zip(options, option_ids)):
-            if not ids:
-                raise EvaluationError(f"item {item} choice {k} ({option!r}) encodes to no tokens")
-        # one cut per item, set by its longest choice: the choices differ only in themselves
-        room = max(0, max_length - len(prefix) - max(len(ids) for ids in option_ids))
-        ctx = context_ids[max(0, len(context_ids) - room) :]
-        for k, ids in enumerate(option_ids):
-            sequences.append(prefix + ctx + ids)
-            starts.append(len(prefix) + len(ctx))
-            owners.append((item, k))
+    sequences, starts, owners = _choice_sequences(tokenizer, contexts, choices, _resolve_max_length(model, max_length))
     sums, counts = sequence_logprobs(
         model, sequences, starts, pad_id=pad_token_id(tokenizer), batch_size=batch_size,
         padding_side=padding_side, progress=progress, desc="choices",
     )
-    item_sums = [np.zeros(len(options)) for options in choices]
-    item_counts = [np.zeros(len(options), dtype=np.int64) for options in choices]
-    for (item, k), value, count in zip(owners, sums, counts):
-        item_sums[item][k] = value
-        item_counts[item][k] = count
-    return item_sums, item_counts
+    return _per_item(owners, sums, choices, np.float64), _per_item(owners, counts, choices, np.int64)
+
+
+def uniform_chance(
+    token_counts: Sequence[Sequence[int]], labels: Sequence[int], normalization: str = "sum"
+) -> np.ndarray:
+    """Per item, the expected accuracy of a model that knows nothing: a uniform next-token distribution.
+
+    Such a model gives a choice of n tokens the log-likelihood ``-n log V``:
+    under ``"sum"`` it picks the choices with the fewest tokens, under
+    ``"mean"`` all choices tie. Ties are split evenly, so an item scores
+    1/(number of best choices) when its label is among them, else 0. The
+    mean over items is the chance level an item set really has; it is 1/k
+    only when the token counts say nothing about the answer.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise EvaluationError(f"normalization={normalization!r} is unknown; use one of {NORMALIZATIONS}")
+    if len(token_counts) != len(labels):
+        raise EvaluationError(f"{len(token_counts)} items but {len(labels)} labels")
+    chance = np.zeros(len(labels))
+    for item, (counts, label) in enumerate(zip(token_counts, labels)):
+        counts = np.asarray(counts)
+        best = counts == counts.min() if normalization == "sum" else np.ones(len(counts), dtype=bool)
+        chance[item] = best[int(label)] / best.sum()
+    return chance
+
+
+def chance_level(
+    tokenizer,
+    contexts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    labels: Sequence[int],
+    *,
+    normalization: str = "sum",
+    max_length: int | None = None,
+) -> np.ndarray:
+    """Per item, the chance level (:func:`uniform_chance`) of multiple-choice items as they would be scored.
+
+    Needs no model: the token counts are those :func:`score_continuations`
+    scores (``max_length`` as there; None: no cut). The mean is the item
+    set's measured chance level, to report next to its accuracy.
+    """
+    sequences, starts, owners = _choice_sequences(tokenizer, contexts, choices, max_length)
+    counts = [len(sequence) - max(1, start) for sequence, start in zip(sequences, starts)]  # as sequence_logprobs
+    return uniform_chance(_per_item(owners, counts, choices, np.int64), labels, normalization)
 
 
 def _predict(sums: np.ndarray, counts: np.ndarray, normalization: str) -> int:
@@ -213,7 +272,9 @@ def multiple_choice(
 
     ``value`` is the accuracy under ``normalization``; ``acc_sum`` and
     ``acc_mean`` are both reported because the sum favours short choices and
-    the per-token mean does not.
+    the per-token mean does not. ``chance`` is the measured chance level
+    under ``normalization`` (:func:`uniform_chance` of the scored token
+    counts), ``chance_nominal`` the mean of 1/k.
     """
     if normalization not in NORMALIZATIONS:
         raise EvaluationError(f"normalization={normalization!r} is unknown; use one of {NORMALIZATIONS}")
@@ -237,12 +298,14 @@ def multiple_choice(
              "logprob_sum": sums.tolist(), "n_tokens": counts.tolist()}
         )
     n = len(labels)
+    chance = uniform_chance(item_counts, labels, normalization)
     return {
         "value": correct[normalization] / n,
         "n": n,
         "normalization": normalization,
         "acc_sum": correct["sum"] / n,
         "acc_mean": correct["mean"] / n,
-        "chance": float(np.mean([1 / len(options) for options in choices])),
+        "chance": float(chance.mean()),
+        "chance_nominal": float(np.mean([1 / len(options) for options in choices])),
         "details": details,
     }

@@ -295,8 +295,9 @@ def _run_perplexity(model, tokenizer, data, language, *, split: str | None = "ev
 
 def _run_continuation(model, tokenizer, data, language, *, split: str | None = "eval", n_items: int = 100,
                       seed: int = 0, n_choices: int = 4, context_sentences: int = 3, continuation_sentences: int = 2,
-                      normalization: str = "sum", max_length: int | None = 512, batch_size: int = 8,
-                      padding_side: str = "right", progress: bool = True) -> dict[str, Any]:
+                      distractors: str = "documents", swaps: int = 2, normalization: str = "sum",
+                      max_length: int | None = 512, batch_size: int = 8, padding_side: str = "right",
+                      progress: bool = True) -> dict[str, Any]:
     if data is None:
         raise _missing("continuation", language,
                        "held-out aligned documents of every language (or items from build_continuation_items)",
@@ -308,7 +309,8 @@ def _run_continuation(model, tokenizer, data, language, *, split: str | None = "
         raise EvaluationError("continuation data must be a corpus table or an items table (build_continuation_items)")
     items = data if "choices" in data.columns else build_continuation_items(
         data, n_items, seed, n_choices, context_sentences=context_sentences,
-        continuation_sentences=continuation_sentences, split=split,
+        continuation_sentences=continuation_sentences, split=split, distractors=distractors, swaps=swaps,
+        tokenizer=tokenizer,
     )
     return continuation(model, tokenizer, items, language, normalization=normalization, max_length=max_length,
                         batch_size=batch_size, padding_side=padding_side, progress=progress)
