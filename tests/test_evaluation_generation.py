@@ -79,12 +79,32 @@ def test_language_identification_and_codes():
         E.identify_languages(["x"], ["en", "xx"])
 
 
+#: Generations with the language a reader gives them; text without letters has no language.
+HAND_LABELLED = [
+    (SENTENCES["en"], "en"),
+    (SENTENCES["de"], "de"),
+    ("", E.UNDETERMINED),
+    ("12345 !!!", E.UNDETERMINED),
+    (SENTENCES["zh"], "zh"),
+    ("3.14 + 2 = 5.14", E.UNDETERMINED),
+    ("It is 12 o'clock and the children are going home from school now.", "en"),
+    ("  ...  \n", E.UNDETERMINED),
+]
+
+
+def test_text_without_letters_has_no_language():
+    texts = [text for text, _ in HAND_LABELLED]
+    assert E.identify_languages(texts, ["en", "de", "zh"]) == [label for _, label in HAND_LABELLED]
+    assert E.identify_languages(["12345 !!!", "٣٤٥", "²³ — 42%"]) == [E.UNDETERMINED] * 3  # unrestricted too
+
+
 def test_fidelity_counts_the_share_identified_as_the_language(llama, tok, monkeypatch):
-    generations = [SENTENCES["en"], SENTENCES["de"], "", SENTENCES["en"]]
+    generations = [text for text, _ in HAND_LABELLED]
     monkeypatch.setattr(generation, "greedy_generate", lambda *a, **k: list(generations))
-    result = E.fidelity(llama, tok, ["p"] * 4, "en", languages=["en", "de", "zh"])
-    assert result["value"] == 0.5 and result["n"] == 4 and result["n_empty"] == 1 and result["top_other"] == "de"
-    assert [d["label"] for d in result["details"]] == ["en", "de", "und", "en"]
+    result = E.fidelity(llama, tok, ["p"] * len(generations), "en", languages=["en", "de", "zh"])
+    # by hand: 2 of the 8 generations are English; digits and punctuation are not
+    assert result["value"] == 2 / 8 and result["n"] == 8 and result["n_empty"] == 1
+    assert [d["label"] for d in result["details"]] == [label for _, label in HAND_LABELLED]
     with pytest.raises(E.EvaluationError, match="not in languages"):
         E.fidelity(llama, tok, ["p"], "sw", languages=["en", "de"])
     with pytest.raises(E.EvaluationError, match="unknown to py3langid"):
@@ -95,5 +115,9 @@ def test_fidelity_from_documents_on_a_real_model(llama, tok):
     docs = corpus(languages=("en", "zh"))
     result = E.evaluate(llama, tok, "fidelity", docs, "en", limit=3, prompt_tokens=10, max_new_tokens=8,
                         progress=False)
-    labels = E.identify_languages([d["text"] for d in result["details"]], ["en", "zh"])
-    assert result["n"] == 3 and result["value"] == pytest.approx(np.mean([lab == "en" for lab in labels]))
+    # the prompts are the documents' first 10 tokens; the texts are the model's greedy continuations of them
+    english = docs[(docs["language"] == "en") & (docs["split"] == "eval")]["text"].tolist()[:3]
+    assert [d["prompt"] for d in result["details"]] == [text[:10] for text in english]
+    assert [d["text"] for d in result["details"]] == [brute_greedy(llama, tok, text[:10], 8) for text in english]
+    assert result["n"] == 3
+    assert result["value"] == pytest.approx(np.mean([d["label"] == "en" for d in result["details"]]))

@@ -129,8 +129,9 @@ def fidelity(
 
     Only the generated text is classified, never the prompt. ``languages``
     restricts the identifier (pass the experiment's language set; None uses
-    every language py3langid knows). Empty continuations count as not in
-    ``language``.
+    every language py3langid knows). Continuations without letters (empty,
+    digits, punctuation) are in no language (``"und"``), so they
+    count as not in ``language``.
     """
     language = normalize_language(language)
     codes = _check_langid_languages(languages)

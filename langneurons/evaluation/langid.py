@@ -9,7 +9,7 @@ from langneurons.evaluation.common import EvaluationError, normalize_language
 
 #: py3langid labels folded onto the language they are a variety of.
 LABEL_ALIASES: dict[str, str] = {"arz": "ar", "ary": "ar"}
-#: Label for a text with nothing to identify (empty generation).
+#: Label for a text without letters (empty, digits, punctuation): it is in no language, so never in L.
 UNDETERMINED = "und"
 
 
@@ -62,12 +62,14 @@ def identify_languages(texts: Sequence[str], languages: Sequence[str] | None = N
     Restricting to the experiment's languages matters: on short generations
     an unrestricted classifier confuses close languages (es/gl, sw/rw), which
     would count as infidelity that no neuron caused. Texts without letters
-    or digits get :data:`UNDETERMINED`.
+    (empty, or only digits, punctuation and symbols) get :data:`UNDETERMINED`:
+    a classifier would give them its likeliest language (``"12345 !!!"`` is
+    ``en``), and a model that only repeats numbers would look fluent.
     """
     identifier = _identifier(_check_langid_languages(languages))
     labels = []
     for text in texts:
-        if not any(ch.isalnum() for ch in text):
+        if not any(ch.isalpha() for ch in text):
             labels.append(UNDETERMINED)
             continue
         label, _score = identifier.classify(text)
