@@ -105,6 +105,7 @@ def test_fidelity_counts_the_share_identified_as_the_language(llama, tok, monkey
     # by hand: 2 of the 8 generations are English; digits and punctuation are not
     assert result["value"] == 2 / 8 and result["n"] == 8 and result["n_empty"] == 1
     assert [d["label"] for d in result["details"]] == [label for _, label in HAND_LABELLED]
+    assert result["per_item"]["value"].tolist() == [label == "en" for _, label in HAND_LABELLED]
     with pytest.raises(E.EvaluationError, match="not in languages"):
         E.fidelity(llama, tok, ["p"], "sw", languages=["en", "de"])
     with pytest.raises(E.EvaluationError, match="unknown to py3langid"):

@@ -165,12 +165,16 @@ def test_continuation_accuracy_matches_brute_force(tok):
     # the demo's max_length: every context (about 62 tokens) and choice (about 42) fits whole
     result = E.evaluate(model, tok, "continuation", items, "en", max_length=128, batch_size=5, padding_side="left",
                         progress=False)  # fmt: skip
-    correct = 0
+    correct = []
     for (_, item), detail in zip(items.iterrows(), result["details"]):
         scores = [brute_choice_logprob(model, tok, item["context"], c) for c in item["choices"]]
         np.testing.assert_allclose(detail["logprob_sum"], scores, rtol=1e-5)
-        correct += int(np.argmax(scores)) == item["label"]
-    assert result["value"] == pytest.approx(correct / 6) and result["n"] == 6
+        correct.append(int(np.argmax(scores)) == item["label"])
+    assert result["value"] == pytest.approx(np.mean(correct)) and result["n"] == 6
+    assert result["per_item"]["value"].tolist() == correct
+    assert result["per_item"]["key"].tolist() == items["key"].tolist()
+    # every choice is "... doc k sentence 3. ... doc k sentence 4." with a one-digit k: equally long, chance 1/4
+    assert result["chance"] == 0.25 and result["per_item"]["chance"].tolist() == [0.25] * 6
     # a corpus table works too: the items are then built inside, with the same seed
     direct = E.evaluate(model, tok, "continuation", corpus(languages=("en",)), "en", n_items=6, seed=0,
                         progress=False)

@@ -29,10 +29,8 @@ def llama():
 def test_perplexity_matches_brute_force_for_any_batch_and_padding(name, tok):
     model = tiny_model(name)
     max_length = 24  # truncates the long texts
-    nll, n = 0.0, 0
-    for text in TEXTS:
-        total, count = brute_logprob(model, tok(text)["input_ids"][:max_length], 1)
-        nll, n = nll - total, n + count
+    documents = [brute_logprob(model, tok(text)["input_ids"][:max_length], 1) for text in TEXTS]
+    nll, n = -sum(total for total, _ in documents), sum(count for _, count in documents)
     for batch_size in (1, 2, 5):
         for side in ("left", "right"):
             result = E.perplexity(model, tok, TEXTS, max_length=max_length, batch_size=batch_size,
@@ -40,6 +38,9 @@ def test_perplexity_matches_brute_force_for_any_batch_and_padding(name, tok):
             assert result.n_tokens == n and result.n_docs == len(TEXTS)
             assert result.nll_sum == pytest.approx(nll, rel=1e-5)
             assert result.perplexity == pytest.approx(math.exp(nll / n), rel=1e-5)
+    per_document = E.document_nll(model, tok, TEXTS, max_length=max_length, batch_size=2, progress=False)
+    np.testing.assert_allclose(per_document["nll"], [-total for total, _ in documents], rtol=1e-5)
+    assert per_document["n_tokens"].tolist() == [count for _, count in documents]
 
 
 def test_perplexity_is_token_weighted_not_a_mean_over_documents(llama, tok):

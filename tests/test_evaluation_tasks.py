@@ -58,6 +58,7 @@ def test_mgsm_loads_tsv_and_scores_exact_match(tmp_path, tok, llama, monkeypatch
     seen = fixed_generations(monkeypatch, [" 32 dollars.\n\nQuestion: 99", " It is 3.0", " 70,000", " 4"])
     result = E.evaluate(llama, tok, "mgsm", tmp_path / "mgsm_en.tsv", "en")
     assert result["value"] == 0.75 and result["n"] == 4  # the stop string hides "99"; 4 != -4
+    assert result["per_item"]["value"].tolist() == [1, 1, 1, 0]
     assert seen[0].endswith("Question: Janet's ducks lay 16 eggs. She sells them for \"$2\" each. How much?\nAnswer:")
     seen.clear()
     shots = E.evaluate(llama, tok, "mgsm", tmp_path / "mgsm_en.tsv", "en", n_shots=1)
@@ -81,6 +82,8 @@ def test_xquad_squad_json_and_flat_jsonl(tmp_path, tok, llama, monkeypatch):
     result = E.evaluate(llama, tok, "xquad", tmp_path, "en")
     # F1: 1.0 (article removed) and P = 2/4, R = 1 -> 2/3
     assert result["value"] == pytest.approx((1 + 2 / 3) / 2) and result["exact_match"] == 0.5
+    assert result["per_item"]["value"].tolist() == pytest.approx([1, 2 / 3])
+    assert result["per_item"]["exact_match"].tolist() == [1, 0]
     assert tok.decode(seen[0], skip_special_tokens=True) == f"{context}\n\nQuestion: Who won?\nAnswer:"
     fixed_generations(monkeypatch, ["北京大学"])
     assert E.evaluate(llama, tok, "xquad", tmp_path, "zh")["value"] == pytest.approx(2 / 3)
@@ -150,7 +153,9 @@ def test_xlsum_rouge_l(tmp_path, tok, llama, monkeypatch):
     real = E.evaluate(llama, tok, "xlsum", tmp_path, "en", max_new_tokens=6, progress=False)
     assert real["n"] == 1
     seen = fixed_generations(monkeypatch, ["the cat was found under the bed\nmore"])
-    assert E.evaluate(llama, tok, "xlsum", tmp_path, "en")["value"] == pytest.approx(12 / 13)
+    result = E.evaluate(llama, tok, "xlsum", tmp_path, "en")
+    assert result["value"] == pytest.approx(12 / 13)
+    assert result["per_item"][["value", "precision", "recall"]].values.tolist() == [pytest.approx([12 / 13, 6 / 7, 1])]
     prompt = tok.decode(seen[0], skip_special_tokens=True)
     assert prompt.startswith("Article: A long article") and prompt.endswith("\nSummary:")  # article cut, not the cue
     fixed_generations(monkeypatch, ["我爱北京"])

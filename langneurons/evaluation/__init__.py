@@ -12,7 +12,14 @@ items and their distractors), :mod:`~.generation` (greedy generation,
 fidelity), :mod:`~.langid` (language identification), :mod:`~.metrics`
 (exact match, F1, ROUGE-L, numbers), :mod:`~.benchmarks` (benchmark and
 document loaders), :mod:`~.tasks` (the benchmark metrics, :func:`evaluate`
-and :data:`METRICS`), :mod:`~.common` (errors, language codes, checks).
+and :data:`METRICS`), :mod:`~.uncertainty` (bootstrap intervals),
+:mod:`~.common` (errors, language codes, checks).
+
+Every result carries its per-document or per-item values (``per_item``),
+so that its bootstrap interval (:func:`metric_interval`) and the interval of
+an ablation's ratio over the same items (:func:`paired_metric_interval`) can
+be computed; multiple-choice results carry their measured chance level
+(:func:`chance_level`).
 
 Metrics (all reachable through :func:`evaluate` / :data:`METRICS`):
 
@@ -68,6 +75,7 @@ from langneurons.evaluation.metrics import (
 from langneurons.evaluation.scoring import (
     PerplexityResult,
     chance_level,
+    document_nll,
     multiple_choice,
     perplexity,
     score_continuations,
@@ -79,7 +87,9 @@ from langneurons.evaluation.tasks import (
     XCOPA_CONNECTORS,
     Metric,
     evaluate,
+    metric_interval,
     mgsm,
+    paired_metric_interval,
     results_table,
     xcopa,
     xcopa_item,
@@ -87,11 +97,19 @@ from langneurons.evaluation.tasks import (
     xlsum,
     xquad,
 )
+from langneurons.evaluation.uncertainty import (
+    Interval,
+    bootstrap_interval,
+    mean_statistic,
+    paired_ratio_interval,
+    perplexity_statistic,
+)
 
 __all__ = [
     "BENCHMARKS",
     "EvaluationError",
     "ITEM_COLUMNS",
+    "Interval",
     "METRICS",
     "Metric",
     "MissingDataError",
@@ -99,9 +117,11 @@ __all__ = [
     "RougeScore",
     "UNDETERMINED",
     "XCOPA_CONNECTORS",
+    "bootstrap_interval",
     "build_continuation_items",
     "chance_level",
     "continuation",
+    "document_nll",
     "evaluate",
     "exact_match",
     "extract_number",
@@ -110,12 +130,17 @@ __all__ = [
     "identify_languages",
     "load_benchmark",
     "load_documents",
+    "mean_statistic",
+    "metric_interval",
     "mgsm",
     "multiple_choice",
     "normalize_answer",
     "normalize_language",
     "numbers_match",
+    "paired_metric_interval",
+    "paired_ratio_interval",
     "perplexity",
+    "perplexity_statistic",
     "results_table",
     "rouge_l",
     "score_continuations",

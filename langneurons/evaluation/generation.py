@@ -142,11 +142,12 @@ def fidelity(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
     )
     labels = identify_languages(texts, codes)
-    hits = [label == language for label in labels]
+    hits = np.array([label == language for label in labels], dtype=np.float64)
     counts = pd.Series(labels).value_counts()
     return {
-        "value": float(np.mean(hits)),
+        "value": float(hits.mean()),
         "n": len(texts),
+        "per_item": pd.DataFrame({"item": np.arange(len(texts)), "value": hits, "label": labels}),
         "n_empty": int(sum(not t.strip() for t in texts)),
         "top_other": next((str(lab) for lab in counts.index if lab != language), None),
         "details": [

@@ -293,6 +293,8 @@ def continuation(
         normalization=normalization, max_length=max_length, batch_size=batch_size, padding_side=padding_side,
         progress=progress,
     )
-    for detail, key in zip(result["details"], mine["key"] if "key" in mine.columns else mine.index):
+    keys = (mine["key"] if "key" in mine.columns else mine.index).tolist()
+    for detail, key in zip(result["details"], keys):
         detail["key"] = key
+    result["per_item"].insert(1, "key", keys)
     return result

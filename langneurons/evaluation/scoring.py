@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -96,8 +97,13 @@ class PerplexityResult:
     def as_dict(self) -> dict[str, float | int]:
         return {**asdict(self), "mean_nll": self.mean_nll, "perplexity": self.perplexity}
 
+    @classmethod
+    def of_documents(cls, documents: pd.DataFrame) -> PerplexityResult:
+        """The perplexity of the documents of a :func:`document_nll` table."""
+        return cls(float(documents["nll"].sum()), int(documents["n_tokens"].sum()), len(documents))
 
-def perplexity(
+
+def document_nll(
     model: torch.nn.Module,
     tokenizer,
     texts: Sequence[str],
@@ -106,8 +112,8 @@ def perplexity(
     batch_size: int = 8,
     padding_side: str = "right",
     progress: bool = True,
-) -> PerplexityResult:
-    """Perplexity of ``texts``: ``exp(sum of token NLLs / number of predicted tokens)``.
+) -> pd.DataFrame:
+    """Per document (``item``: its position): the summed NLL of its predicted tokens (``nll``) and their number.
 
     Each text is encoded as the tokenizer's special prefix (``<s>`` where it
     adds one) plus its tokens, truncated to ``max_length`` tokens (capped at
@@ -120,7 +126,23 @@ def perplexity(
         model, sequences, [1] * len(sequences), pad_id=pad_token_id(tokenizer), batch_size=batch_size,
         padding_side=padding_side, progress=progress, desc="perplexity",
     )
-    return PerplexityResult(nll_sum=float(-sums.sum()), n_tokens=int(counts.sum()), n_docs=len(texts))
+    return pd.DataFrame({"item": np.arange(len(texts)), "nll": -sums, "n_tokens": counts})
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_length: int | None = 512,
+    batch_size: int = 8,
+    padding_side: str = "right",
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of ``texts``: ``exp(sum of token NLLs / number of predicted tokens)`` (see :func:`document_nll`)."""
+    documents = document_nll(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                             padding_side=padding_side, progress=progress)  # fmt: skip
+    return PerplexityResult.of_documents(documents)
 
 
 # --------------------------------------------------------------------------
@@ -274,7 +296,8 @@ def multiple_choice(
     ``acc_mean`` are both reported because the sum favours short choices and
     the per-token mean does not. ``chance`` is the measured chance level
     under ``normalization`` (:func:`uniform_chance` of the scored token
-    counts), ``chance_nominal`` the mean of 1/k.
+    counts), ``chance_nominal`` the mean of 1/k. ``per_item`` holds each
+    item's hit (``value``, 0 or 1) and chance.
     """
     if normalization not in NORMALIZATIONS:
         raise EvaluationError(f"normalization={normalization!r} is unknown; use one of {NORMALIZATIONS}")
@@ -288,24 +311,24 @@ def multiple_choice(
         padding_side=padding_side, progress=progress,
     )
     details = []
-    correct = {"sum": 0, "mean": 0}
+    correct = {norm: np.zeros(len(labels)) for norm in NORMALIZATIONS}
     for item, (sums, counts, label) in enumerate(zip(item_sums, item_counts, labels)):
         predictions = {norm: _predict(sums, counts, norm) for norm in NORMALIZATIONS}
         for norm in NORMALIZATIONS:
-            correct[norm] += predictions[norm] == int(label)
+            correct[norm][item] = predictions[norm] == int(label)
         details.append(
             {"item": item, "label": int(label), "pred_sum": predictions["sum"], "pred_mean": predictions["mean"],
              "logprob_sum": sums.tolist(), "n_tokens": counts.tolist()}
         )
-    n = len(labels)
     chance = uniform_chance(item_counts, labels, normalization)
     return {
-        "value": correct[normalization] / n,
-        "n": n,
+        "value": float(correct[normalization].mean()),
+        "n": len(labels),
         "normalization": normalization,
-        "acc_sum": correct["sum"] / n,
-        "acc_mean": correct["mean"] / n,
+        "acc_sum": float(correct["sum"].mean()),
+        "acc_mean": float(correct["mean"].mean()),
         "chance": float(chance.mean()),
         "chance_nominal": float(np.mean([1 / len(options) for options in choices])),
+        "per_item": pd.DataFrame({"item": np.arange(len(labels)), "value": correct[normalization], "chance": chance}),
         "details": details,
     }

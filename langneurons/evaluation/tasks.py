@@ -25,7 +25,15 @@ from langneurons.evaluation.common import (
 from langneurons.evaluation.generation import _doc_prompts, fidelity, greedy_generate
 from langneurons.evaluation.items import build_continuation_items, continuation
 from langneurons.evaluation.metrics import exact_match, extract_number, numbers_match, rouge_l, token_f1
-from langneurons.evaluation.scoring import multiple_choice, perplexity
+from langneurons.evaluation.scoring import PerplexityResult, document_nll, multiple_choice
+from langneurons.evaluation.uncertainty import (
+    Interval,
+    Statistic,
+    bootstrap_interval,
+    mean_statistic,
+    paired_ratio_interval,
+    perplexity_statistic,
+)
 
 
 def _fit_prompt(tokenizer, template: str, body_field: str, fields: Mapping[str, str], max_tokens: int) -> list[int]:
@@ -86,10 +94,11 @@ def mgsm(
     outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               stop=stop, progress=progress)
     predicted = [extract_number(text, language) for text in outputs]
-    hits = [numbers_match(p, r["answer"]) for p, r in zip(predicted, evaluated)]
+    hits = np.array([numbers_match(p, r["answer"]) for p, r in zip(predicted, evaluated)], dtype=np.float64)
     return {
-        "value": float(np.mean(hits)),
+        "value": float(hits.mean()),
         "n": len(hits),
+        "per_item": pd.DataFrame({"item": np.arange(len(hits)), "value": hits}),
         "n_no_number": sum(p is None for p in predicted),
         "details": [{"item": i, "generation": t, "predicted": p, "answer": r["answer"]}
                     for i, (t, p, r) in enumerate(zip(outputs, predicted, evaluated))],
@@ -140,6 +149,7 @@ def xquad(
         "value": float(np.mean(f1)),
         "n": len(f1),
         "exact_match": float(np.mean(em)),
+        "per_item": pd.DataFrame({"item": np.arange(len(f1)), "value": f1, "exact_match": em}),
         "details": [{"item": i, "generation": t, "f1": s, "answers": r["answers"]}
                     for i, (t, s, r) in enumerate(zip(outputs, f1, records))],
     }
@@ -247,6 +257,12 @@ def xlsum(
         "n": len(scores),
         "rouge_l_precision": float(np.mean([s.precision for s in scores])),
         "rouge_l_recall": float(np.mean([s.recall for s in scores])),
+        "per_item": pd.DataFrame({
+            "item": np.arange(len(scores)),
+            "value": [s.fmeasure for s in scores],
+            "precision": [s.precision for s in scores],
+            "recall": [s.recall for s in scores],
+        }),
         "details": [
             {"item": i, "generation": t, "rouge_l": s.fmeasure} for i, (t, s) in enumerate(zip(outputs, scores))
         ],
@@ -287,10 +303,11 @@ def _run_perplexity(model, tokenizer, data, language, *, split: str | None = "ev
     else:
         texts = docs
     texts = texts[:limit] if limit is not None else texts
-    result = perplexity(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
-                        padding_side=padding_side, progress=progress)
+    documents = document_nll(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                             padding_side=padding_side, progress=progress)
+    result = PerplexityResult.of_documents(documents)
     return {"value": result.perplexity, "n": result.n_docs, "n_tokens": result.n_tokens,
-            "nll_sum": result.nll_sum, "mean_nll": result.mean_nll}
+            "nll_sum": result.nll_sum, "mean_nll": result.mean_nll, "per_item": documents}
 
 
 def _run_continuation(model, tokenizer, data, language, *, split: str | None = "eval", n_items: int = 100,
@@ -346,36 +363,101 @@ def _benchmark_runner(name: str, function: Callable) -> Callable:
 
 @dataclass(frozen=True)
 class Metric:
-    """One entry of :data:`METRICS`: a runner ``(model, tokenizer, data, language, **options) -> dict``."""
+    """One entry of :data:`METRICS`: a runner ``(model, tokenizer, data, language, **options) -> dict``.
+
+    A result's ``value`` is ``statistic`` of the ``columns`` of its
+    ``per_item`` table (one row per document or item), which is what
+    :func:`metric_interval` resamples. ``chance``: the result carries its
+    measured chance level (multiple choice).
+    """
 
     run: Callable[..., dict[str, Any]]
     data: str
+    statistic: Statistic = mean_statistic
+    columns: tuple[str, ...] = ("value",)
+    chance: bool = False
 
     def options(self) -> list[str]:
         return [p.name for p in list(inspect.signature(self.run).parameters.values())[4:]]
 
 
 METRICS: dict[str, Metric] = {
-    "perplexity": Metric(_run_perplexity, "corpus table (split eval) or document file or list of texts"),
-    "continuation": Metric(_run_continuation, "aligned corpus table of all languages, or continuation items"),
+    "perplexity": Metric(_run_perplexity, "corpus table (split eval) or document file or list of texts",
+                         perplexity_statistic, ("nll", "n_tokens")),
+    "continuation": Metric(_run_continuation, "aligned corpus table of all languages, or continuation items",
+                           chance=True),
     "fidelity": Metric(_run_fidelity, "corpus table (split eval) or document file or list of prompts"),
     "mgsm": Metric(_benchmark_runner("mgsm", mgsm), "None (hub juletxara/mgsm), TSV question<TAB>answer, or records"),
     "xquad": Metric(_benchmark_runner("xquad", xquad), "None (hub google/xquad), SQuAD JSON/JSONL, or records"),
-    "xcopa": Metric(_benchmark_runner("xcopa", xcopa), "None (hub cambridgeltl/xcopa), JSONL, or records"),
-    "xcsqa": Metric(_benchmark_runner("xcsqa", xcsqa), "None (hub INK-USC/xcsr), X-CSR JSONL, or records"),
+    "xcopa": Metric(_benchmark_runner("xcopa", xcopa), "None (hub cambridgeltl/xcopa), JSONL, or records",
+                    chance=True),
+    "xcsqa": Metric(_benchmark_runner("xcsqa", xcsqa), "None (hub INK-USC/xcsr), X-CSR JSONL, or records",
+                    chance=True),
     "xlsum": Metric(_benchmark_runner("xlsum", xlsum), "None (hub csebuetnlp/xlsum), JSONL text/summary, or records"),
 }
+
+
+def _item_values(metric: str, per_item: pd.DataFrame, what: str) -> np.ndarray:
+    if metric not in METRICS:
+        raise EvaluationError(f"metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
+    columns = list(METRICS[metric].columns)
+    missing = sorted(set(columns) - set(per_item.columns))
+    if missing:
+        raise EvaluationError(
+            f"{what} lacks column(s) {missing} of metric {metric!r}; pass the 'per_item' table of its result"
+        )
+    return per_item[columns].to_numpy(dtype=np.float64)
+
+
+def metric_interval(
+    metric: str, per_item: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> Interval:
+    """Bootstrap interval of ``metric``'s value over the documents or items of its ``per_item`` table."""
+    values = _item_values(metric, per_item, "per_item")
+    return bootstrap_interval(values, METRICS[metric].statistic, n_resamples=n_resamples, seed=seed,
+                              confidence=confidence)  # fmt: skip
+
+
+def paired_metric_interval(
+    metric: str,
+    baseline: pd.DataFrame,
+    treated: pd.DataFrame,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """Bootstrap interval of ``metric``'s ratio treated/baseline (e.g. ablated/baseline) over the same items.
+
+    ``baseline`` and ``treated`` are ``per_item`` tables of the same data
+    evaluated twice; their ``item`` columns must agree row by row.
+    """
+    if "item" not in baseline.columns or "item" not in treated.columns:
+        raise EvaluationError("baseline and treated need an 'item' column; pass the 'per_item' tables of two results")
+    if baseline["item"].tolist() != treated["item"].tolist():
+        raise EvaluationError(
+            f"baseline ({len(baseline)} items) and treated ({len(treated)} items) do not hold the same items in the "
+            "same order; evaluate both on the same data"
+        )
+    return paired_ratio_interval(
+        _item_values(metric, baseline, "baseline"), _item_values(metric, treated, "treated"),
+        METRICS[metric].statistic, n_resamples=n_resamples, seed=seed, confidence=confidence,
+    )
 
 
 def evaluate(
     model: torch.nn.Module, tokenizer, metric: str, data: Any, language: str, **options: Any
 ) -> dict[str, Any]:
-    """Run ``metric`` for ``language``; returns ``{metric, language, value, n, <extras>, details}``.
+    """Run ``metric`` for ``language``; returns ``{metric, language, value, n, <extras>, per_item, details}``.
 
     Wrap the call in ``with deactivate(model, neurons):`` to evaluate an
     ablation. ``value`` is the headline number (perplexity; otherwise a
-    fraction in [0, 1]); ``details`` holds per-item outputs (texts,
-    predictions) and is dropped by :func:`results_table`.
+    fraction in [0, 1]); ``per_item`` is a table with one row per document
+    or item (``item``, and the columns ``value`` follows from, see
+    :class:`Metric`) for bootstrap intervals (:func:`metric_interval`);
+    multiple-choice metrics also give their measured ``chance``.
+    ``details`` holds per-item outputs (texts, predictions). Both are
+    dropped by :func:`results_table`.
     """
     if metric not in METRICS:
         raise EvaluationError(f"metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
