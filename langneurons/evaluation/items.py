@@ -128,10 +128,9 @@ def build_continuation_items(
     small model may lack. With ``"swapped"`` they are the true continuation
     with ``swaps`` seeded random pairs of neighbouring words (characters in
     languages written without spaces) exchanged, its whitespace left in
-    place: nearly the same tokens, so only local word order tells them
-    apart, which a model that has learnt the language can do (the
-    5M-parameter demo model scores 0.63-0.90 with the default 2 swaps,
-    chance 0.25). Their ``choice_keys`` are ``<key>#swapped<j>``.
+    place: the same tokens nearly, so only local word order tells them
+    apart, which a model that has learnt the language can do and one that
+    has not cannot. Their ``choice_keys`` are ``<key>#swapped<j>``.
 
     Swapped distractors need the evaluated model's ``tokenizer``: a swap
     that changes the number of tokens is redrawn (a swap of characters can

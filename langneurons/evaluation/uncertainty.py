@@ -66,6 +66,11 @@ def _check(values: np.ndarray, n_resamples: int, confidence: float, what: str) -
     return values
 
 
+def _resamples(n_items: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``[n_resamples, n_items]`` item indices, each row a draw of ``n_items`` with replacement."""
+    return np.random.default_rng(seed).integers(0, n_items, size=(n_resamples, n_items))
+
+
 def _percentiles(stats: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(stats, [tail, 100 - tail])
@@ -87,9 +92,7 @@ def bootstrap_interval(
     number.
     """
     values = _check(values, n_resamples, confidence, "values")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(values), size=(n_resamples, len(values)))
-    stats = np.array([statistic(values[rows]) for rows in draws])
+    stats = np.array([statistic(values[rows]) for rows in _resamples(len(values), n_resamples, seed)])
     return Interval(statistic(values), *_percentiles(stats, confidence), confidence, n_resamples)
 
 
@@ -114,8 +117,7 @@ def paired_ratio_interval(
         raise EvaluationError(
             f"baseline {baseline.shape} and treated {treated.shape} must hold the same items in the same order"
         )
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(baseline), size=(n_resamples, len(baseline)))
+    draws = _resamples(len(baseline), n_resamples, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         stats = np.array([np.float64(statistic(treated[rows])) / statistic(baseline[rows]) for rows in draws])
         estimate = float(np.float64(statistic(treated)) / statistic(baseline))
