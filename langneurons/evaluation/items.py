@@ -128,7 +128,7 @@ def build_continuation_items(
     small model may lack. With ``"swapped"`` they are the true continuation
     with ``swaps`` seeded random pairs of neighbouring words (characters in
     languages written without spaces) exchanged, its whitespace left in
-    place: the same tokens nearly, so only local word order tells them
+    place: nearly the same tokens, so only local word order tells them
     apart, which a model that has learnt the language can do and one that
     has not cannot. Their ``choice_keys`` are ``<key>#swapped<j>``.
 
