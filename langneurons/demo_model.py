@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from langneurons.evaluation import perplexity
 from langneurons.io import atomic_dir, provenance, write_json_atomic
 
 __all__ = [
@@ -272,35 +272,21 @@ def _seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate_perplexity(
     model: torch.nn.Module, tokenizer, docs: pd.DataFrame, max_tokens: int = 256, batch_size: int = 16
 ) -> pd.DataFrame:
     """Per-language token-level perplexity of ``docs`` (columns language, text).
 
     Each document is scored on its first ``max_tokens`` tokens (``<s>``
-    included, never predicted). Loss is the mean next-token NLL over all
-    predicted tokens of the language; perplexity is its exponential.
+    included, never predicted) by :func:`langneurons.evaluation.perplexity`.
+    Loss is the mean next-token NLL over all predicted tokens of the
+    language; perplexity is its exponential.
     """
-    was_training = model.training
-    model.eval()
     rows = []
     for lang, texts in docs.groupby("language", sort=True)["text"]:
-        total, n_tokens = 0.0, 0
-        texts = texts.tolist()
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[i : i + batch_size], truncation=True, max_length=max_tokens, padding=True, return_tensors="pt"
-            )
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            labels = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
-            total += F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="sum"
-            ).item()
-            n_tokens += int((labels != -100).sum())
-        loss = total / max(n_tokens, 1)
-        rows.append((str(lang), len(texts), n_tokens, loss, math.exp(loss)))
-    model.train(was_training)
+        result = perplexity(model, tokenizer, texts.tolist(), max_length=max_tokens, batch_size=batch_size,
+                            progress=False)  # fmt: skip
+        rows.append((str(lang), result.n_docs, result.n_tokens, result.mean_nll, result.perplexity))
     return pd.DataFrame(rows, columns=PPL_COLUMNS)
 
 

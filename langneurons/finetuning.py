@@ -82,6 +82,7 @@ from langneurons.architectures import (
     ffn_input_rows,
     get_architecture,
     get_submodule,
+    input_device,
     projection_columns,
     projection_path,
     stored_axis,
@@ -89,6 +90,7 @@ from langneurons.architectures import (
 from langneurons.architectures import (
     site_sizes as model_site_sizes,
 )
+from langneurons.batching import encode, pad, pad_token_id
 from langneurons.interventions import group_neurons
 from langneurons.io import atomic_dir, atomic_path, provenance, write_json_atomic
 from langneurons.selection import SelectionError
@@ -361,8 +363,7 @@ def select_documents(texts: Sequence[Any], n_docs: int) -> list[Any]:
 
 def tokenize_documents(texts: Sequence[str], tokenizer: Any, max_length: int) -> list[torch.Tensor]:
     """Token ids per document, truncated to ``max_length`` (special tokens as the tokenizer adds them)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
-    return [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
+    return [torch.tensor(ids, dtype=torch.long) for ids in encode(tokenizer, texts, max_length)]
 
 
 def _prepare_documents(documents: Documents, config: FinetuneConfig, tokenizer: Any) -> list[torch.Tensor]:
@@ -380,17 +381,6 @@ def _prepare_documents(documents: Documents, config: FinetuneConfig, tokenizer: 
             f"filter empty documents out of the finetune split"
         )
     return tokens
-
-
-def _collate(docs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask."""
-    length = max(int(d.numel()) for d in docs)
-    ids = torch.full((len(docs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(docs), length), dtype=torch.long)
-    for row, doc in enumerate(docs):
-        ids[row, : doc.numel()] = doc
-        mask[row, : doc.numel()] = 1
-    return ids, mask
 
 
 # --------------------------------------------------------------------------- training loop
@@ -417,19 +407,6 @@ def _windows(n_docs: int, config: FinetuneConfig, epoch: int) -> Iterator[list[l
         yield micro[i : i + config.grad_accum]
 
 
-def _pad_id(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _loss_sum(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross-entropy over the non-padding targets.
 
@@ -448,7 +425,7 @@ def _loss_sum(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.
 def _training_mode(model: nn.Module, seed: int) -> Iterator[None]:
     """Train mode and a seeded, forked RNG (dropout) for the block; restores both after."""
     was_training = model.training
-    device = _model_device(model)
+    device = input_device(model)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -539,7 +516,7 @@ def _train(
     )
     total = _planned_steps(len(docs), config)
     scheduler = _scheduler(optimizer, config, total)
-    device, pad_id = _model_device(model), _pad_id(model)
+    device, pad_id = input_device(model), pad_token_id(getattr(model, "config", None))
     stats = _TrainStats()
     bar = tqdm(total=total, desc=desc, disable=not config.progress, leave=False)
     with _training_mode(model, config.seed):
@@ -547,7 +524,7 @@ def _train(
             for window in _windows(len(docs), config, epoch):
                 if stats.steps >= total:
                     break
-                batches = [_collate([docs[i] for i in micro], pad_id) for micro in window]
+                batches = [pad([docs[i] for i in micro], pad_id) for micro in window]
                 n_targets = sum(int(mask[:, 1:].sum()) for _, mask in batches)
                 loss_total = 0.0
                 for ids, mask in batches:

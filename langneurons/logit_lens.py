@@ -51,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from langneurons.architectures import check_batch, forward_inputs, get_architecture, optional_submodule
+from langneurons.batching import encode, pad_token_id, padded_batches
 
 __all__ = [
     "CATEGORIES",
@@ -513,17 +514,6 @@ def batches_from_texts(
     """
     if batch_size < 1 or max_length < 1:
         raise LogitLensError(f"batch_size={batch_size} and max_length={max_length} must be >= 1")
-    encoded = [
-        tokenizer(t, truncation=True, max_length=max_length, return_attention_mask=False)["input_ids"] for t in texts
-    ]
-    encoded = sorted((ids for ids in encoded if ids), key=len, reverse=True)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(encoded), batch_size):
-        rows = encoded[start : start + batch_size]
-        width = len(rows[0])
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, ids in enumerate(rows):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+    encoded = [ids for ids in encode(tokenizer, texts, max_length) if ids]
+    for _, input_ids, attention_mask in padded_batches(encoded, batch_size, pad_token_id(tokenizer)):
         yield input_ids, attention_mask

@@ -102,6 +102,7 @@ from langneurons.architectures import (
     projection_path,
     weight_out_in,
 )
+from langneurons.batching import encode, pad_token_id, padded_batches
 
 Method = Literal["paper", "released_code"]
 METHODS: tuple[str, ...] = ("paper", "released_code")
@@ -688,26 +689,19 @@ def score_documents(
         raise ValueError(f"batch_size={batch_size} and max_length={max_length} must be >= 1 and >= 2")
     if len(texts) == 0:
         raise ValueError("no documents to score")
-    encoded = [
-        tokenizer(text, truncation=True, max_length=max_length, return_attention_mask=False)["input_ids"]
-        for text in texts
-    ]
+    encoded = encode(tokenizer, texts, max_length)
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise ValueError(f"documents {empty[:10]} tokenize to nothing; filter empty texts before scoring")
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parts: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="PLND scoring", unit="batch", disable=not progress):
-        rows = [encoded[i] for i in order[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, ids in enumerate(rows):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+    order: list[int] = []
+    batches = tqdm(
+        padded_batches(encoded, batch_size, pad_token_id(tokenizer)),
+        total=-(-len(encoded) // batch_size), desc="PLND scoring", unit="batch", disable=not progress,
+    )  # fmt: skip
+    for rows, input_ids, attention_mask in batches:
         scores = score_batch(model, input_ids, attention_mask, sites=sites, method=method, chunk_bytes=chunk_bytes)
+        order += rows
         for site in sites:
             parts[site].append(scores[site])
     inverse = torch.empty(len(order), dtype=torch.long)

@@ -42,7 +42,7 @@ rule ablation_cell:
         neurons=lambda w: [] if w.condition == "none" else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
         code=library(
-            "evaluation.py", "interventions.py", "selection.py", "architectures.py", "corpora.py", "io.py",
+            "evaluation", "batching.py", "interventions.py", "selection.py", "architectures.py", "corpora.py", "io.py",
             "steps/ablation.py", "steps/common.py",
         ),
     output:

@@ -24,8 +24,15 @@ def canonical(value):
 
 
 def library(*modules):
-    """The library modules a step uses, as inputs: editing one reruns the steps that use it."""
-    return [str(LIBRARY / module) for module in modules]
+    """The library modules a step uses, as inputs: editing one reruns the steps that use it.
+
+    A package (a folder, e.g. ``evaluation``) stands for all of its modules.
+    """
+    paths = []
+    for module in modules:
+        path = LIBRARY / module
+        paths += sorted(str(p) for p in path.glob("*.py")) if path.is_dir() else [str(path)]
+    return paths
 
 
 def model_dir():

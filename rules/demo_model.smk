@@ -5,7 +5,10 @@
 rule train_demo_model:
     input:
         corpora=expand(f"{RESULTS}/corpus/{{language}}.parquet", language=config["model"]["demo_languages"]),
-        code=library("demo_model.py", "corpora.py", "io.py", "steps/corpus.py"),
+        code=library(
+            "demo_model.py", "evaluation/scoring.py", "evaluation/common.py", "batching.py", "architectures.py",
+            "corpora.py", "io.py", "steps/corpus.py",
+        ),
     output:
         model=directory(f"{RESULTS}/model"),
     params:

@@ -25,8 +25,8 @@ rule finetune_cell:
         neurons=lambda w: [] if w.method in ("full", "none") else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
         code=library(
-            "finetuning.py", "evaluation.py", "selection.py", "architectures.py", "interventions.py", "corpora.py",
-            "io.py", "steps/finetune.py", "steps/ablation.py", "steps/common.py",
+            "finetuning.py", "batching.py", "evaluation", "selection.py", "architectures.py", "interventions.py",
+            "corpora.py", "io.py", "steps/finetune.py", "steps/ablation.py", "steps/common.py",
         ),
     output:
         artefact=directory(f"{RESULTS}/finetune/{{target}}/{{method}}"),

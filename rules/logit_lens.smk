@@ -27,7 +27,7 @@ rule token_languages:
     input:
         corpora=expand(f"{RESULTS}/corpus/{{language}}.parquet", language=TOKEN_LANGUAGES),
         model=model_dir(),
-        code=library("logit_lens.py", "corpora.py", "io.py", "steps/logit_lens.py", "steps/common.py"),
+        code=library("logit_lens.py", "batching.py", "corpora.py", "io.py", "steps/logit_lens.py", "steps/common.py"),
     output:
         f"{RESULTS}/logit_lens/token_languages.safetensors",
     params:
@@ -50,6 +50,7 @@ rule logit_lens:
         model=model_dir(),
         code=library(
             "logit_lens.py",
+            "batching.py",
             "interventions.py",
             "architectures.py",
             "corpora.py",

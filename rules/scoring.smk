@@ -17,7 +17,9 @@ rule score_shard:
     input:
         corpus=f"{RESULTS}/corpus/{{language}}.parquet",
         model=model_dir(),
-        code=library("scoring.py", "architectures.py", "corpora.py", "io.py", "steps/scoring.py", "steps/common.py"),
+        code=library(
+            "scoring.py", "batching.py", "architectures.py", "corpora.py", "io.py", "steps/scoring.py", "steps/common.py"
+        ),
     output:
         f"{RESULTS}/scores/{{language}}/shard{{shard}}-of-{SHARDS}.safetensors",
     params:

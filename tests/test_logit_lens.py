@@ -225,8 +225,8 @@ def test_batches_from_texts_pads_right_and_skips_empty_texts():
     class CharTokenizer:
         pad_token_id = 0
 
-        def __call__(self, text, truncation, max_length, return_attention_mask):
-            return {"input_ids": [ord(c) % 90 + 3 for c in text][:max_length]}
+        def __call__(self, texts, add_special_tokens, truncation, max_length):
+            return {"input_ids": [[ord(c) % 90 + 3 for c in text][:max_length] for text in texts]}
 
     batches = list(batches_from_texts(CharTokenizer(), ["ab", "", "abcdef", "abc"], batch_size=2, max_length=5))
     assert [b[0].shape for b in batches] == [(2, 5), (1, 2)]

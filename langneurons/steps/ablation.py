@@ -71,7 +71,8 @@ def evaluate_languages(
     if "continuation" in metrics:
         frames = pd.concat(list(eval_docs.values()), ignore_index=True)
         items = evaluation.build_continuation_items(
-            frames, settings["n_items"], settings["seed"], distractors=settings["distractors"], swaps=settings["swaps"]
+            frames, settings["n_items"], settings["seed"], distractors=settings["distractors"], swaps=settings["swaps"],
+            tokenizer=tokenizer,
         )
     for language, docs in eval_docs.items():
         for metric in metrics:

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from langneurons import corpora
+from langneurons.batching import encode
 from langneurons.interventions import deactivate
 from langneurons.io import atomic_path, provenance, write_parquet_atomic
 from langneurons.logit_lens import (
@@ -57,7 +58,7 @@ def corpus_token_counts(tokenizer: Any, texts: Sequence[str], vocab_size: int, b
     """Occurrences of every token id in ``texts`` (whole documents, no special tokens), ``[vocab_size]`` int64."""
     total = torch.zeros(vocab_size, dtype=torch.long)
     for start in range(0, len(texts), batch):
-        encoded = tokenizer(list(texts[start : start + batch]), add_special_tokens=False)["input_ids"]
+        encoded = encode(tokenizer, texts[start : start + batch], specials="none")  # whole: counted, never run
         flat = torch.tensor([token for ids in encoded for token in ids], dtype=torch.long)
         total += count_tokens(flat, None, vocab_size)
     return total
