@@ -429,7 +429,7 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(selection__set_kinds=["activated"]), r"ablation.set_kinds uses \['specific'\] but selection.set_kinds"),
         (dict(logit_lens__top_k=0), "0 is less than the minimum of 1"),
         (dict(selection__detectors=["plnd"]), r"ablation.detectors uses \['lape'\] but selection.detectors"),
-        (dict(selection__stability={"n_docs": [0]}), "0 is not valid under any of the given schemas"),
+        (dict(selection__stability={"n_docs": [0]}), r"selection.stability.n_docs.0: 0 is less than the minimum of 1"),
         (dict(figures__set_kind="exclusive", selection__set_kinds=["activated", "specific"]), "figures.set_kind uses"),
         (dict(scoring__batch_size=16), "scoring.batch_size is an execution setting: set it as execution.scoring"),
         (dict(finetune__training={"learning_rate": 1e-5}), "'learning_rate' was unexpected"),
