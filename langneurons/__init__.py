@@ -3,12 +3,37 @@
 Implements PLND (parallel language-specific neuron detection) and the MWork
 experiments of Zhao et al., "How do Large Language Models Handle
 Multilingualism?" (NeurIPS 2024) on stock Hugging Face transformers.
+
+The names below load their module on first use (PEP 562), so that importing a
+torch-free part of the package (``langneurons.plotting``, ``langneurons.config``)
+does not load torch.
 """
 
-from langneurons.architectures import SITES, site_sizes
-from langneurons.interventions import deactivate
-from langneurons.scoring import score_batch
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["SITES", "deactivate", "score_batch", "site_sizes", "__version__"]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "SITES": "langneurons.architectures",
+    "site_sizes": "langneurons.architectures",
+    "deactivate": "langneurons.interventions",
+    "score_batch": "langneurons.scoring",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'langneurons' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

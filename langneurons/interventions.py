@@ -30,6 +30,7 @@ from langneurons.architectures import (
     projection_path,
     weight_out_in,
 )
+from langneurons.conditions import CONDITIONS, STAGES, layer_stages  # noqa: F401 - the stages' home; re-exported
 
 NeuronGroups = dict[tuple[int, str], torch.Tensor]
 
@@ -140,34 +141,6 @@ def zero_weights_(model: nn.Module, neurons: Any) -> None:
                 weight_out_in(arch, module)[rows, :] = 0
                 if module.bias is not None:
                     module.bias[rows] = 0
-
-
-STAGES: tuple[str, ...] = ("understanding", "task", "generation")
-
-
-def layer_stages(n_layers: int, understanding: int | None = None, generation: int | None = None) -> list[str]:
-    """The MWork stage of every layer: the first N1 understand, the last N2 generate, the rest solve the task.
-
-    Unset N1/N2 scale with depth from the paper's choice for 32 layers (8 and 4).
-    """
-    n1 = understanding if understanding is not None else max(1, round(n_layers * 8 / 32))
-    n2 = generation if generation is not None else max(1, round(n_layers * 4 / 32))
-    if n1 < 1 or n2 < 1 or n1 + n2 >= n_layers:
-        raise ValueError(
-            f"stages.understanding={n1} + stages.generation={n2} must be >= 1 each and leave task layers in a "
-            f"{n_layers}-layer model (sum < {n_layers}); lower them or set them to null to scale with depth"
-        )
-    return ["understanding"] * n1 + ["task"] * (n_layers - n1 - n2) + ["generation"] * n2
-
-
-#: The paper's ablation conditions: which stage's layers and which structure are deactivated.
-CONDITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "understanding": (("understanding",), ("ffn", "attn_q", "attn_k", "attn_v")),
-    "task_attention": (("task",), ("attn_q", "attn_k", "attn_v")),
-    "task_ffn": (("task",), ("ffn",)),
-    "generation": (("generation",), ("ffn", "attn_q", "attn_k", "attn_v")),
-    "all": (STAGES, ("ffn", "attn_q", "attn_k", "attn_v")),
-}
 
 
 def condition_neurons(neurons, condition: str, stages: list[str]):

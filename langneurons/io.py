@@ -139,14 +139,15 @@ def package_versions(packages: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[st
 
 
 def provenance(config: Mapping[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    """A provenance record: the config, package versions, a UTC timestamp, and ``extra``.
+    """A provenance record: the config, package versions, the library's folder, a UTC timestamp, and ``extra``.
 
     Every output manifest embeds one, so that a result can be traced to the
-    exact settings and library versions that produced it.
+    exact settings and library versions (and which copy of the library) that produced it.
     """
     record: dict[str, Any] = {
         "config": dict(config) if config is not None else None,
         "versions": package_versions(),
+        "library": str(Path(__file__).resolve().parent),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(extra)

@@ -936,6 +936,11 @@ def stability_draws(
     return draws
 
 
+def _count_dtype(n_docs: int) -> torch.dtype:
+    """The narrowest integer dtype that holds a count of up to ``n_docs`` documents."""
+    return torch.int16 if n_docs <= torch.iinfo(torch.int16).max else torch.int32
+
+
 def set_stability(
     scores_by_language: Mapping[str, Mapping[str, torch.Tensor]],
     top_k: Mapping[str, float],
@@ -944,6 +949,7 @@ def set_stability(
     n_docs_grid: Sequence[int | str] = (50, 100, 200, 400, "all"),
     seed: int = 0,
     replicates: int = 5,
+    n_docs: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """How stable are the neuron sets under a change of detection documents?
 
@@ -961,6 +967,13 @@ def set_stability(
     columns ``language, n_docs, replicate, jaccard, kind``; ``n_docs`` is the
     number of documents per language of each compared set (the half size for
     ``halves``).
+
+    Memory: each language's sites are read once, one at a time
+    (``scores_by_language[lang][site]``), and only every draw's per-neuron
+    activation counts are kept. With a mapping that reads a site on access
+    (:class:`langneurons.scorefiles.ScoreShards`), and ``n_docs`` (documents
+    per language) given so that no site is read for its shape, the peak is one
+    site of one language plus the counts, whatever the number of languages.
     """
     languages = sorted(scores_by_language)
     _check_rules([set_kind], languages)
@@ -968,35 +981,48 @@ def set_stability(
     for lang in languages:
         if [s for s in SITES if s in scores_by_language[lang]] != sites:
             raise SelectionError(f"language {lang!r} was scored on other sites than {languages[0]!r}: {sites}")
-    resolved = {s: resolve_top_k(top_k[s], scores_by_language[languages[0]][s].shape[-1], s) for s in sites}
-    # One top-k mask per document, computed once; any subset's counts are a sum over its rows.
-    masks = {
-        lang: {s: top_k_mask(scores_by_language[lang][s], resolved[s]) for s in sites} for lang in languages
-    }
-    n_docs = {lang: masks[lang][sites[0]].shape[0] for lang in languages}
+    if n_docs is None:
+        n_docs = {lang: scores_by_language[lang][sites[0]].shape[0] for lang in languages}
+    draws = stability_draws(n_docs, n_docs_grid, seed, replicates)
+    # every document subset a draw compares: all of a language's documents, or the rows of a draw's side
+    subsets = [("all", None)] + [((i, side), draw[side]) for i, draw in enumerate(draws) for side in ("a", "b")]
+    resolved: dict[str, int] = {}
+    counts: dict[object, dict[str, dict[str, torch.Tensor]]] = {key: {} for key, _ in subsets}
+    for lang in languages:
+        for site in sites:
+            scores = scores_by_language[lang][site]
+            if scores.shape[0] != n_docs[lang]:
+                raise SelectionError(f"{lang!r} has {scores.shape[0]} documents of {site!r}, not {n_docs[lang]}")
+            if site not in resolved:
+                resolved[site] = resolve_top_k(top_k[site], scores.shape[-1], site)
+            mask = top_k_mask(scores, resolved[site])
+            del scores
+            for key, rows in subsets:
+                if rows is not None and rows[lang] is None:
+                    continue  # this side is all of the language's documents
+                chosen = mask if rows is None else mask[rows[lang]]
+                per_neuron = chosen.sum(dim=0, dtype=torch.int64).to(_count_dtype(n_docs[lang]))
+                counts[key].setdefault(lang, {})[site] = per_neuron
+            del mask
 
-    def sets(subset: Mapping[str, torch.Tensor | None]) -> dict[str, dict[str, torch.Tensor]]:
+    def sets(key: object, rows: Mapping[str, torch.Tensor | None]) -> dict[str, dict[str, torch.Tensor]]:
         per_language = {}
         for lang in languages:
-            rows = subset[lang]
-            counts = {
-                s: (masks[lang][s] if rows is None else masks[lang][s][rows]).sum(dim=0, dtype=torch.int64)
-                for s in sites
-            }
-            used = n_docs[lang] if rows is None else len(rows)
-            per_language[lang] = ActivationCounts(counts, {}, used, dict(resolved))
+            used_key, used = (key, len(rows[lang])) if rows[lang] is not None else ("all", n_docs[lang])
+            site_counts = {s: c.to(torch.int64) for s, c in counts[used_key][lang].items()}
+            per_language[lang] = ActivationCounts(site_counts, {}, used, dict(resolved))
         found = _set_masks(per_language, rho, [set_kind])
         return {lang: {s: found[lang, set_kind, s] for s in sites} for lang in languages}
 
     full = None
     rows = []
-    for draw in stability_draws(n_docs, n_docs_grid, seed, replicates):
-        first = sets(draw["a"])
+    for i, draw in enumerate(draws):
+        first = sets((i, "a"), draw["a"])
         if all(v is None for v in draw["b"].values()):
-            full = full or sets(draw["b"])
+            full = full or sets("all", draw["b"])
             second = full
         else:
-            second = sets(draw["b"])
+            second = sets((i, "b"), draw["b"])
         for lang in languages:
             both = sum(int((first[lang][s] & second[lang][s]).sum()) for s in sites)
             either = sum(int((first[lang][s] | second[lang][s]).sum()) for s in sites)

@@ -1,17 +1,50 @@
-# Paths and helpers shared by the rule files.
+# Names and helpers shared by the rule files. Every name a rule file uses is defined here, so that
+# no rule file reads another's globals and the include order of the rule files does not matter;
+# the rule files hold rules only.
+import os
+from collections import defaultdict
 from pathlib import Path
 
-LIBRARY = Path(workflow.basedir) / "langneurons"
+from langneurons.conditions import CONDITIONS, deactivated_condition, token_language_names
+from langneurons.imports import library_modules
+
+WORKFLOW_DIR = Path(workflow.basedir)
+LIBRARY = WORKFLOW_DIR / "langneurons"
+SCRIPTS = WORKFLOW_DIR / "workflow_scripts"
+REPORT_DIR = WORKFLOW_DIR / "report"
+# Every rule runs Python in this environment under --sdm conda (the path is relative to rules/).
+ENV = "../envs/langneurons.yaml"
+
 RESULTS = f"results/{config['run']}"
 LOGS = f"logs/{config['run']}"
 BENCHMARKS = f"benchmarks/{config['run']}"
+FIGURES = f"{RESULTS}/figures"
 LANGUAGES = list(config["languages"])
 SHARDS = config["scoring"]["shards"]
+DETECTORS = config["selection"]["detectors"]
+METRICS = config["evaluation"]["metrics"]
 
+# Wildcard patterns, each given to the rules whose wildcard means that thing.
+LANGUAGE_RE = r"[a-z]{2,3}(_[A-Za-z]+)?"
+SHARD_RE = r"\d+"
+ABLATION_CONDITION_RE = "none|" + "|".join(CONDITIONS)
+DETECTOR_RE = r"none|plnd|lape"
+ABLATION_SET_KIND_RE = r"none|activated|specific|exclusive|lape"
+CONTROL_RE = r"real|random\d+"
+FINETUNE_METHOD_RE = r"targeted|random|full|lora|none"
+METRIC_RE = r"perplexity|continuation"
 
-wildcard_constraints:
-    language=r"[a-z]{2,3}(_[A-Za-z]+)?",
-    shard=r"\d+",
+# Logit lens: the condition decoded with each language's neurons of one set kind deactivated, and
+# the languages the token table labels (English always: the ratio compares every language with it).
+LENS = config["logit_lens"]
+LENS_DEACTIVATE = LENS["deactivate"]
+LENS_CONDITIONS = deactivated_condition(LENS_DEACTIVATE)
+TOKEN_LANGUAGES = token_language_names(LANGUAGES)
+
+ABLATION = config["ablation"]
+ABLATION_TARGETS = ABLATION["targets"] or LANGUAGES
+ABLATION_CONTROLS = ["real"] + [f"random{seed}" for seed in ABLATION["control_seeds"]]
+FINETUNE = config["finetune"]
 
 
 def canonical(value):
@@ -23,16 +56,10 @@ def canonical(value):
     return value
 
 
-def library(*modules):
-    """The library modules a step uses, as inputs: editing one reruns the steps that use it.
-
-    A package (a folder, e.g. ``evaluation``) stands for all of its modules.
-    """
-    paths = []
-    for module in modules:
-        path = LIBRARY / module
-        paths += sorted(str(p) for p in path.glob("*.py")) if path.is_dir() else [str(path)]
-    return paths
+def library_of(script):
+    """The library modules ``workflow_scripts/<script>`` runs, read from its imports: as inputs, so that
+    editing one reruns the jobs that run it."""
+    return [str(path) for path in library_modules(SCRIPTS / script, LIBRARY)]
 
 
 def model_dir():
@@ -40,12 +67,121 @@ def model_dir():
     return [f"{RESULTS}/model"] if config["model"]["demo"] else []
 
 
+def model_params():
+    """What identifies the analysed model (its placement, execution.device_map, is not a parameter)."""
+    return canonical(config["model"])
+
+
+# ---- resources: read from config["resources"]; never job parameters ------------------------------
+
+
+def cpus(group):
+    return config["resources"][group]["cpus"]
+
+
+def job_resources(group, **overrides):
+    """A group's resources as Snakemake (and the SLURM plugin) name them: mem_mb, runtime (minutes), and gpu
+    if it asks for any; ``overrides`` replace some (e.g. a memory derived from the inputs)."""
+    settings = config["resources"][group]
+    resources = {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"]}
+    if settings["gpus"]:
+        resources["gpu"] = settings["gpus"]
+    return {**resources, **overrides}
+
+
+def score_memory_mb(wildcards, input):
+    """resources.sets.mem_mb plus three times the largest language's score files: counting and stability read
+    one language's scores at a time, and one site of them at once (a site's scores, the shard being copied in,
+    the top-k indices and the mask stay below three times the files)."""
+    per_language = defaultdict(int)
+    for path in input:
+        if f"{RESULTS}/scores/" in path:
+            per_language[Path(path).parent.name] += os.path.getsize(path)
+    largest = max(per_language.values(), default=0)
+    return config["resources"]["sets"]["mem_mb"] + -(-3 * largest // 2**20)
+
+
+# ---- the grids ----------------------------------------------------------------------------------
+
+
 def ablation_grid_on():
-    return bool(config["ablation"]["conditions"])
+    return bool(ABLATION["conditions"])
 
 
 def finetune_grid_on():
-    return bool(config["finetune"]["methods"]) and config["finetune"]["targets"] != []
+    return bool(FINETUNE["methods"]) and FINETUNE["targets"] != []
+
+
+def detector_set_kinds(detector, condition):
+    """The set kinds a detector's cells deactivate; LAPE's sets are FFN-only, so none in task_attention."""
+    if detector == "lape":
+        return [] if condition == "task_attention" else ["lape"]
+    return ABLATION["set_kinds"]
+
+
+def ablation_cells():
+    cells = [f"{RESULTS}/ablation/cells/none/none/none/none/real.parquet"]
+    for condition in ABLATION["conditions"]:
+        for detector in ABLATION["detectors"]:
+            for set_kind in detector_set_kinds(detector, condition):
+                for target in ABLATION_TARGETS:
+                    for control in ABLATION_CONTROLS:
+                        cells.append(
+                            f"{RESULTS}/ablation/cells/{condition}/{detector}/{set_kind}/{target}/{control}.parquet"
+                        )
+    return cells
+
+
+def finetune_tables():
+    return expand(
+        f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
+        target=FINETUNE["targets"] or LANGUAGES,
+        method=FINETUNE["methods"],
+    )
+
+
+# ---- scoring and sets ---------------------------------------------------------------------------
+
+
+def scoring_settings():
+    """config["scoring"], with LAPE's per-unit token counts among the sites when LAPE is on."""
+    settings = dict(config["scoring"])
+    if "lape" in DETECTORS:
+        settings["sites"] = [*settings["sites"], "ffn_active", "n_tokens"]
+    return canonical(settings)
+
+
+def score_shards(language):
+    """A language's score shards; ``language`` may be the wildcard, written ``"{{language}}"``."""
+    return expand(f"{RESULTS}/scores/{language}/shard{{shard}}-of-{SHARDS}.safetensors", shard=range(SHARDS))
+
+
+def score_shards_by_language(wildcards):
+    """Named inputs ``scores_<language>``: each language's score shards."""
+    return {f"scores_{language}": score_shards(language) for language in LANGUAGES}
+
+
+# ---- figures and the report ---------------------------------------------------------------------
+
+
+def figure_report(path, caption, category, subcategory):
+    """``path`` as a report item of ``category``/``subcategory``, captioned by ``report/<caption>.rst``."""
+    return report(path, caption=str(REPORT_DIR / f"{caption}.rst"), category=category, subcategory=subcategory)
+
+
+def figure_outputs():
+    """Every figure this configuration draws (PNG and SVG)."""
+    names = ["fig1_language_ratio", "fig2_neuron_counts", "fig3_overlap", "fig6_stability"]
+    if LENS_DEACTIVATE:
+        names.append("fig1b_language_ratio_deactivated")
+    if "lape" in DETECTORS:
+        names.append("fig3b_overlap_lape")
+    if ablation_grid_on():
+        names += [f"fig4_ablation_{metric}" for metric in METRICS]
+    # figure 5 compares each method with "none" (the model before fine-tuning)
+    if finetune_grid_on() and "none" in FINETUNE["methods"] and len(FINETUNE["methods"]) > 1:
+        names += [f"fig5_finetune_{metric}" for metric in METRICS]
+    return [f"{FIGURES}/{name}.{ext}" for name in names for ext in ("png", "svg")]
 
 
 def final_outputs():

@@ -1,4 +1,5 @@
-# Corpus sampling: one Parquet file (with a JSON manifest) per language.
+# Corpus sampling: one Parquet file (with a JSON manifest) per language. A local rule: the hub
+# streams of the presets need the network, which a cluster's login node has.
 
 
 localrules:
@@ -7,16 +8,23 @@ localrules:
 
 rule sample_corpus:
     input:
-        code=library("corpora.py", "io.py", "steps/corpus.py"),
+        code=library_of("sample_corpus.py"),
     output:
         corpus=f"{RESULTS}/corpus/{{language}}.parquet",
         manifest=f"{RESULTS}/corpus/{{language}}.manifest.json",
+    wildcard_constraints:
+        language=LANGUAGE_RE,
     params:
         source=canonical(config["corpus"]["source"]),
         split_sizes=canonical(config["corpus"]["split_sizes"]),
         filters=canonical(config["corpus"]["filters"]),
         seed=config["seed"],
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/corpus/{{language}}.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/sample_corpus.py"

@@ -5,21 +5,19 @@
 rule train_demo_model:
     input:
         corpora=expand(f"{RESULTS}/corpus/{{language}}.parquet", language=config["model"]["demo_languages"]),
-        code=library(
-            "demo_model.py", "evaluation/scoring.py", "evaluation/common.py", "batching.py", "architectures.py",
-            "corpora.py", "io.py", "steps/corpus.py",
-        ),
+        code=library_of("train_demo_model.py"),
     output:
         model=directory(f"{RESULTS}/model"),
     params:
         settings=canonical(config["model"]["demo_settings"]),
-    threads: 2
+    threads: cpus("demo_model")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("demo_model"),
     log:
         f"{LOGS}/train_demo_model.log",
     benchmark:
         f"{BENCHMARKS}/train_demo_model.tsv"
+    conda:
+        ENV
     script:
         "../workflow_scripts/train_demo_model.py"

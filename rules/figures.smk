@@ -1,35 +1,6 @@
 # Figures, one rule each, from the tables their data lives in: a change in one table redraws only
 # its figures. Each writes <name>.png (in the report) and <name>.svg under results/<run>/figures/.
-FIGURES = f"{RESULTS}/figures"
-FIGURE_SETTINGS = config["figures"]
-if FIGURE_SETTINGS["set_kind"] not in config["selection"]["set_kinds"]:
-    raise ConfigError(
-        f"figures.set_kind is {FIGURE_SETTINGS['set_kind']!r} but selection.set_kinds "
-        f"{config['selection']['set_kinds']} does not build that set: add it there or plot another kind"
-    )
-FIGURE_CODE = ("plotting.py", "interventions.py", "io.py", "steps/figures.py")
-
-
-METRICS = config["evaluation"]["metrics"]
-
-
-wildcard_constraints:
-    metric=r"perplexity|continuation",
-
-
-def figure_outputs():
-    """Every figure this configuration draws (PNG and SVG)."""
-    names = ["fig1_language_ratio", "fig2_neuron_counts", "fig3_overlap", "fig6_stability"]
-    if LENS_DEACTIVATE:
-        names.append("fig1b_language_ratio_deactivated")
-    if "lape" in DETECTORS:
-        names.append("fig3b_overlap_lape")
-    if ablation_grid_on():
-        names += [f"fig4_ablation_{metric}" for metric in METRICS]
-    # figure 5 compares each method with "none" (the model before fine-tuning)
-    if finetune_grid_on() and "none" in config["finetune"]["methods"] and len(config["finetune"]["methods"]) > 1:
-        names += [f"fig5_finetune_{metric}" for metric in METRICS]
-    return [f"{FIGURES}/{name}.{ext}" for name in names for ext in ("png", "svg")]
+# (figures.set_kind is checked with the rest of the configuration, in langneurons.config.)
 
 
 localrules:
@@ -45,7 +16,7 @@ localrules:
 rule figure_language_ratio:
     input:
         ratios=expand(f"{RESULTS}/logit_lens/none/{{language}}.parquet", language=LANGUAGES),
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_language_ratio.py"),
     output:
         png=figure_report(
             f"{FIGURES}/fig1_language_ratio.png", "language_ratio", "1. Logit lens", "language ratio per layer"
@@ -55,8 +26,13 @@ rule figure_language_ratio:
         stages=canonical(config["stages"]),
         languages=LANGUAGES,
         title=None,
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig1_language_ratio.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_language_ratio.py"
 
@@ -71,7 +47,7 @@ if LENS_DEACTIVATE:
             ratios=expand(
                 f"{RESULTS}/logit_lens/{LENS_DEACTIVATE}_deactivated/{{language}}.parquet", language=LANGUAGES
             ),
-            code=library(*FIGURE_CODE),
+            code=library_of("figure_language_ratio.py"),
         output:
             png=figure_report(
                 f"{FIGURES}/fig1b_language_ratio_deactivated.png",
@@ -84,8 +60,13 @@ if LENS_DEACTIVATE:
             stages=canonical(config["stages"]),
             languages=LANGUAGES,
             title=f"Logit lens with each language's {LENS_DEACTIVATE} neurons deactivated",
+        threads: cpus("light")
+        resources:
+            **job_resources("light"),
         log:
             f"{LOGS}/figures/fig1b_language_ratio_deactivated.log",
+        conda:
+            ENV
         script:
             "../workflow_scripts/figure_language_ratio.py"
 
@@ -94,16 +75,21 @@ rule figure_neuron_counts:
     input:
         neurons=f"{RESULTS}/neurons/neurons.parquet",
         summary=f"{RESULTS}/neurons/summary.parquet",
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_neuron_counts.py"),
     output:
         png=figure_report(f"{FIGURES}/fig2_neuron_counts.png", "neuron_counts", "2. Neuron sets", "neurons per layer"),
         svg=f"{FIGURES}/fig2_neuron_counts.svg",
     params:
-        set_kind=FIGURE_SETTINGS["set_kind"],
-        by=FIGURE_SETTINGS["neuron_counts_by"],
+        set_kind=config["figures"]["set_kind"],
+        by=config["figures"]["neuron_counts_by"],
         stages=canonical(config["stages"]),
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig2_neuron_counts.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_neuron_counts.py"
 
@@ -111,14 +97,19 @@ rule figure_neuron_counts:
 rule figure_overlap:
     input:
         neurons=f"{RESULTS}/neurons/neurons.parquet",
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_overlap.py"),
     output:
         png=figure_report(f"{FIGURES}/fig3_overlap.png", "overlap", "2. Neuron sets", "overlap between languages"),
         svg=f"{FIGURES}/fig3_overlap.svg",
     params:
-        set_kind=FIGURE_SETTINGS["set_kind"],
+        set_kind=config["figures"]["set_kind"],
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig3_overlap.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_overlap.py"
 
@@ -126,7 +117,7 @@ rule figure_overlap:
 rule figure_overlap_lape:
     input:
         neurons=f"{RESULTS}/neurons/neurons.parquet",
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_overlap.py"),
     output:
         png=figure_report(
             f"{FIGURES}/fig3b_overlap_lape.png", "overlap_lape", "2. Neuron sets", "overlap between languages (LAPE)"
@@ -134,8 +125,13 @@ rule figure_overlap_lape:
         svg=f"{FIGURES}/fig3b_overlap_lape.svg",
     params:
         set_kind="lape",
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig3b_overlap_lape.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_overlap.py"
 
@@ -143,14 +139,21 @@ rule figure_overlap_lape:
 rule figure_ablation:
     input:
         grid=f"{RESULTS}/ablation/grid.parquet",
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_ablation.py"),
     output:
         png=figure_report(
             f"{FIGURES}/fig4_ablation_{{metric}}.png", "ablation", "3. Ablation (MWork)", "{metric}"
         ),
         svg=f"{FIGURES}/fig4_ablation_{{metric}}.svg",
+    wildcard_constraints:
+        metric=METRIC_RE,
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig4_ablation_{{metric}}.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_ablation.py"
 
@@ -158,14 +161,21 @@ rule figure_ablation:
 rule figure_finetune:
     input:
         results=f"{RESULTS}/finetune/results.parquet",
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_finetune.py"),
     output:
         png=figure_report(
             f"{FIGURES}/fig5_finetune_{{metric}}.png", "finetune", "4. Targeted fine-tuning", "{metric}"
         ),
         svg=f"{FIGURES}/fig5_finetune_{{metric}}.svg",
+    wildcard_constraints:
+        metric=METRIC_RE,
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig5_finetune_{{metric}}.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_finetune.py"
 
@@ -173,7 +183,7 @@ rule figure_finetune:
 rule figure_stability:
     input:
         stability=f"{RESULTS}/neurons/stability.parquet",
-        code=library(*FIGURE_CODE),
+        code=library_of("figure_stability.py"),
     output:
         png=figure_report(
             f"{FIGURES}/fig6_stability.png", "stability", "2. Neuron sets", "stability against the document count"
@@ -181,7 +191,12 @@ rule figure_stability:
         svg=f"{FIGURES}/fig6_stability.svg",
     params:
         set_kind=config["selection"]["stability"]["set_kind"],
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/figures/fig6_stability.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/figure_stability.py"

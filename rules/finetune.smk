@@ -3,19 +3,9 @@
 # Methods: targeted (the target's neurons only), random (a same-size random subset per layer
 # and site), full, lora, none (the before-values). Each cell is its own job.
 
-FINETUNE = config["finetune"]
 
-
-wildcard_constraints:
-    method=r"targeted|random|full|lora|none",
-
-
-def finetune_tables():
-    return expand(
-        f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
-        target=FINETUNE["targets"] or LANGUAGES,
-        method=FINETUNE["methods"],
-    )
+localrules:
+    finetune_results,
 
 
 rule finetune_cell:
@@ -24,44 +14,46 @@ rule finetune_cell:
         # full fine-tuning and "none" use no neuron set, so they do not rerun when the sets change
         neurons=lambda w: [] if w.method in ("full", "none") else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
-        code=library(
-            "finetuning.py", "batching.py", "evaluation", "selection.py", "architectures.py", "interventions.py",
-            "corpora.py", "io.py", "steps/finetune.py", "steps/ablation.py", "steps/common.py",
-        ),
+        code=library_of("finetune_cell.py"),
     output:
         artefact=directory(f"{RESULTS}/finetune/{{target}}/{{method}}"),
         table=f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
+    wildcard_constraints:
+        target=LANGUAGE_RE,
+        method=FINETUNE_METHOD_RE,
     params:
         languages=LANGUAGES,
-        model=canonical(config["model"]),
+        model=model_params(),
         set_kind=FINETUNE["set_kind"],
         control_seed=FINETUNE["control_seed"],
         training=canonical(FINETUNE["training"]),
         evaluation=canonical(config["evaluation"]),
         seed=config["seed"],
-    threads: 2
+    threads: cpus("finetune")
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **job_resources("finetune"),
     log:
         f"{LOGS}/finetune/{{target}}-{{method}}.log",
     benchmark:
         f"{BENCHMARKS}/finetune/{{target}}-{{method}}.tsv"
+    conda:
+        ENV
     script:
         "../workflow_scripts/finetune_cell.py"
-
-
-localrules:
-    finetune_results,
 
 
 rule finetune_results:
     input:
         tables=finetune_tables(),
-        code=library("io.py", "steps/finetune.py"),
+        code=library_of("finetune_results.py"),
     output:
         f"{RESULTS}/finetune/results.parquet",
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/finetune/results.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/finetune_results.py"

@@ -2,20 +2,9 @@
 # how many of the top-k tokens are English, the document's language, or neither. Which token
 # belongs to which language comes from token statistics of the sampled corpora (token_languages);
 # the ratio is measured on each language's `eval` documents, as is and with that language's
-# neurons of one set kind deactivated (condition `<set_kind>_deactivated`).
-from langneurons.steps.logit_lens import deactivated_condition, token_language_names
-
-LOGIT_LENS = config["logit_lens"]
-LENS_DEACTIVATE = LOGIT_LENS["deactivate"]
-# (check_config has made sure that selection.set_kinds builds this set)
-LENS_CONDITIONS = deactivated_condition(LENS_DEACTIVATE)
-# English is always labelled: the ratio compares every language with it.
-TOKEN_LANGUAGES = token_language_names(LANGUAGES)
-# Only the settings that change the decoding: retuning the token attribution reruns the jobs
-# through the token table, not through their params.
-LENS_DECODING = canonical(
-    {key: LOGIT_LENS[key] for key in ("top_k", "final_norm", "batch_size", "max_length", "n_docs", "skip_first_tokens")}
-)
+# neurons of one set kind deactivated (condition `<set_kind>_deactivated`). The batch size comes
+# from execution.logit_lens at job time. Retuning the token attribution reruns the lens through
+# the token table, not through its params.
 
 
 localrules:
@@ -27,17 +16,22 @@ rule token_languages:
     input:
         corpora=expand(f"{RESULTS}/corpus/{{language}}.parquet", language=TOKEN_LANGUAGES),
         model=model_dir(),
-        code=library("logit_lens.py", "batching.py", "corpora.py", "io.py", "steps/logit_lens.py", "steps/common.py"),
+        code=library_of("token_languages.py"),
     output:
         f"{RESULTS}/logit_lens/token_languages.safetensors",
     params:
         languages=TOKEN_LANGUAGES,
         tokenizer=canonical({key: config["model"][key] for key in ("demo", "id", "revision")}),
-        splits=LOGIT_LENS["token_splits"],
-        token_ratio=LOGIT_LENS["token_ratio"],
-        min_count=LOGIT_LENS["min_count"],
+        splits=LENS["token_splits"],
+        token_ratio=LENS["token_ratio"],
+        min_count=LENS["min_count"],
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/logit_lens/token_languages.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/token_languages.py"
 
@@ -48,32 +42,28 @@ rule logit_lens:
         tokens=rules.token_languages.output[0],
         neurons=lambda wildcards: [] if wildcards.condition == "none" else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
-        code=library(
-            "logit_lens.py",
-            "batching.py",
-            "interventions.py",
-            "architectures.py",
-            "corpora.py",
-            "io.py",
-            "steps/logit_lens.py",
-            "steps/common.py",
-        ),
+        code=library_of("logit_lens.py"),
     output:
         f"{RESULTS}/logit_lens/{{condition}}/{{language}}.parquet",
     wildcard_constraints:
         condition="|".join(LENS_CONDITIONS),
+        language=LANGUAGE_RE,
     params:
-        model=canonical(config["model"]),
-        settings=LENS_DECODING,
+        model=model_params(),
+        # only the settings that change the decoding
+        settings=canonical(
+            {key: LENS[key] for key in ("top_k", "final_norm", "max_length", "n_docs", "skip_first_tokens")}
+        ),
         set_kind=lambda wildcards: None if wildcards.condition == "none" else LENS_DEACTIVATE,
-    threads: 2
+    threads: cpus("logit_lens")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("logit_lens"),
     log:
         f"{LOGS}/logit_lens/{{condition}}/{{language}}.log",
     benchmark:
         f"{BENCHMARKS}/logit_lens/{{condition}}/{{language}}.tsv"
+    conda:
+        ENV
     script:
         "../workflow_scripts/logit_lens.py"
 
@@ -83,10 +73,15 @@ rule logit_lens_table:
         tables=expand(
             f"{RESULTS}/logit_lens/{{condition}}/{{language}}.parquet", condition=LENS_CONDITIONS, language=LANGUAGES
         ),
-        code=library("io.py", "steps/logit_lens.py"),
+        code=library_of("logit_lens_table.py"),
     output:
         f"{RESULTS}/logit_lens/all.parquet",
+    threads: cpus("light")
+    resources:
+        **job_resources("light"),
     log:
         f"{LOGS}/logit_lens/all.log",
+    conda:
+        ENV
     script:
         "../workflow_scripts/logit_lens_table.py"

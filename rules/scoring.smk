@@ -1,38 +1,31 @@
 # PLND scoring: per language, `scoring.shards` jobs, each scoring a disjoint share of the
 # detection documents. Raw per-document scores are cached, so that top-k and rho can change
 # without rescoring. With the LAPE detector on, the same forward pass also counts, per FFN unit,
-# the tokens on which it fires.
-DETECTORS = config["selection"]["detectors"]
-
-
-def scoring_settings():
-    """config["scoring"], with LAPE's per-unit token counts among the sites when LAPE is on."""
-    settings = dict(config["scoring"])
-    if "lape" in DETECTORS:
-        settings["sites"] = [*settings["sites"], "ffn_active", "n_tokens"]
-    return canonical(settings)
+# the tokens on which it fires. Batch size and chunking come from execution.scoring at job time.
 
 
 rule score_shard:
     input:
         corpus=f"{RESULTS}/corpus/{{language}}.parquet",
         model=model_dir(),
-        code=library(
-            "scoring.py", "batching.py", "architectures.py", "corpora.py", "io.py", "steps/scoring.py", "steps/common.py"
-        ),
+        code=library_of("score_shard.py"),
     output:
         f"{RESULTS}/scores/{{language}}/shard{{shard}}-of-{SHARDS}.safetensors",
+    wildcard_constraints:
+        language=LANGUAGE_RE,
+        shard=SHARD_RE,
     params:
-        model=canonical(config["model"]),
+        model=model_params(),
         scoring=scoring_settings(),
         shards=SHARDS,
-    threads: 2
+    threads: cpus("scoring")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("scoring"),
     log:
         f"{LOGS}/scores/{{language}}-shard{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/scores/{{language}}-shard{{shard}}.tsv"
+    conda:
+        ENV
     script:
         "../workflow_scripts/score_shard.py"

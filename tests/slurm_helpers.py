@@ -198,3 +198,14 @@ def snakemake_slurm_run_id(log_text: str) -> str | None:
     """The run UUID the SLURM executor uses as job name (``SLURM run ID: ...``)."""
     match = _RUN_ID_RE.search(log_text)
     return match.group(1) if match else None
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    """``scontrol show job <id>`` as a dict of its ``Key=Value`` fields (empty once slurmctld forgot the job,
+    MinJobAge after it ended). Holds what SLURM granted: ``NumCPUs``, ``MinMemoryNode`` (e.g. ``8000M``),
+    ``TimeLimit`` (``HH:MM:SS``), ``TresPerJob`` (``gres:gpu:1`` for ``--gpus=1``, absent without GPUs),
+    and ``Comment``, which Snakemake's SLURM plugin sets to ``rule_<rule>[_wildcards_<values>]``."""
+    proc = _run(["scontrol", "show", "job", "--oneliner", str(job_id)])
+    if proc is None or proc.returncode != 0:
+        return {}
+    return parse_jobcomp_line(proc.stdout)

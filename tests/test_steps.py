@@ -1,4 +1,4 @@
-"""Workflow steps without Snakemake: sharded scoring merges exactly, provenance, config checks."""
+"""Workflow steps without Snakemake: sharded scoring merges exactly, provenance, step-time errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors import safe_open
 from langneurons.architectures import UnsupportedArchitectureError
 from langneurons.corpora import write_corpus
 from langneurons.selection import ActivationCounts
-from langneurons.steps.common import ConfigError, check_config, load_model
+from langneurons.steps.common import ConfigError, load_model
 from langneurons.steps.neurons import count_activations_step
 from langneurons.steps.scoring import score_shard_step
 
@@ -99,45 +99,6 @@ def test_unsupported_architecture_fails_before_loading_weights(tmp_path):
     config.save_pretrained(tmp_path)  # no weights at all: loading them would fail differently
     with pytest.raises(UnsupportedArchitectureError, match="MambaForCausalLM.*LlamaForCausalLM"):
         load_model(str(tmp_path))
-
-
-def _config(**changes):
-    config = {
-        "languages": ["en", "fr"],
-        "corpus": {"source": {"source": "demo"}},
-        "model": {"demo": True, "demo_languages": ["en", "fr", "de"], "id": None},
-    }
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            config[section][field] = value
-        else:
-            config[section] = value
-    return config
-
-
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        (dict(languages=["en", "tlh"]), r"languages: \['tlh'\] not available from corpus source 'demo'; it has"),
-        (dict(model__demo_languages=["en"]), r"languages \['fr'\] are not in model.demo_languages"),
-        (dict(model__demo=False), "model.id is empty while model.demo is false"),
-        (dict(ablation={"targets": ["sw"]}), r"ablation.targets: \['sw'\] are not in `languages`"),
-        (
-            dict(selection={"set_kinds": ["activated"]}, finetune={"set_kind": "specific"}),
-            r"finetune.set_kind uses \['specific'\] but selection.set_kinds \['activated'\]",
-        ),
-        (
-            dict(selection={"detectors": ["plnd"]}, ablation={"detectors": ["plnd", "lape"]}),
-            r"ablation.detectors uses \['lape'\] but selection.detectors \['plnd'\] does not run it",
-        ),
-        (dict(selection={"detectors": ["lape"]}, scoring={"sites": ["attn_q"]}), "scoring.sites .* leaves out 'ffn'"),
-    ],
-)
-def test_config_checks_name_the_field_and_the_fix(changes, message):
-    check_config(_config())
-    with pytest.raises(ConfigError, match=message):
-        check_config(_config(**changes))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from models import VOCAB, save_tiny_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from langneurons.conditions import deactivated_condition, token_language_names
 from langneurons.corpora import write_corpus
 from langneurons.interventions import zero_weights_
 from langneurons.logit_lens import OTHER, batches_from_texts, language_ratio
@@ -18,12 +19,10 @@ from langneurons.plotting import PlotInputError
 from langneurons.steps.common import ConfigError
 from langneurons.steps.figures import _n_layers, language_ratio_step, neuron_counts_step, overlap_step, stage_sizes
 from langneurons.steps.logit_lens import (
-    deactivated_condition,
     eval_documents,
     load_token_languages,
     logit_lens_step,
     logit_lens_table_step,
-    token_language_names,
     token_languages_step,
 )
 

@@ -1,12 +1,15 @@
 """The Snakemake workflow on the tiny config: one real run, then what each change reschedules.
 
 The workflow files are copied to a temporary folder, so that the test that edits a
-library module edits the copy. The run's jobs import the installed package.
+library module edits the copy; the workflow makes its jobs import that copy (whatever
+PYTHONPATH or the installed package say).
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = (
     "Snakefile",
     "config.yaml",
+    "configs",
+    "envs",
     "rules",
     "workflow_scripts",
     "schemas",
@@ -94,28 +99,41 @@ class Workflow:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
-    def run(self, *args: str, config: Path | None = None, profile: str = "local", check: bool = True):
+    def run(
+        self, *args: str, config: Path | None = None, profile: str = "local", check: bool = True, env=None, workdir=None
+    ):
         command = [
-            SNAKEMAKE, "-s", str(self.repo / "Snakefile"), "-d", str(self.workdir),
+            SNAKEMAKE, "-s", str(self.repo / "Snakefile"), "-d", str(workdir or self.workdir),
             "--configfile", str(config or self.config_file()), "--cores", "2",
             "--profile", str(self.repo / "profiles" / profile), *args,
         ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
         if check and done.returncode != 0:
             raise AssertionError(f"snakemake failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
         return done
 
-    def planned(self, *args: str, config: Path | None = None) -> list[tuple[str, dict[str, str]]]:
+    def planned(self, *args: str, config: Path | None = None, **options) -> list[tuple[str, dict[str, str]]]:
         """(rule, wildcards) of every job a dry run would execute."""
-        done = self.run("--dry-run", *args, config=config)
+        return [(rule, wildcards) for rule, wildcards, _ in self.planned_jobs(*args, config=config, **options)]
+
+    def planned_jobs(self, *args: str, config: Path | None = None, **options):
+        """(rule, wildcards, resources) of every job a dry run would execute."""
+        done = self.run("--dry-run", *args, config=config, **options)
         text = done.stdout + done.stderr
         if "Nothing to be done" in text:
             return []
         jobs = []
         for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", text, re.MULTILINE):
-            wildcards = re.search(r"^    wildcards: (.*)$", match.group(2), re.MULTILINE)
-            pairs = wildcards.group(1).split(", ") if wildcards else []
-            jobs.append((match.group(1), dict(pair.split("=", 1) for pair in pairs)))
+            fields = dict(re.findall(r"^    (\w+): (.*)$", match.group(2), re.MULTILINE))
+            wildcards = fields["wildcards"].split(", ") if "wildcards" in fields else []
+            resources = fields["resources"].split(", ") if "resources" in fields else []
+            jobs.append(
+                (
+                    match.group(1),
+                    dict(pair.split("=", 1) for pair in wildcards),
+                    dict(pair.split("=", 1) for pair in resources) | {"threads": fields.get("threads", "1")},
+                )
+            )
         assert jobs, f"could not read the dry run:\n{text[-3000:]}"
         return jobs
 
@@ -161,6 +179,9 @@ def test_runs_end_to_end_and_then_has_nothing_to_do(workflow):
         for ext in ("png", "svg"):
             assert (workflow.results / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert list((workflow.workdir / "benchmarks" / "tiny" / "logit_lens").rglob("*.tsv")), "model rules benchmark"
+    # the jobs ran the workflow's own copy of the library, not the one PYTHONPATH or pip points at
+    record = json.loads((workflow.results / "neurons" / "record.json").read_text())
+    assert record["library"] == str((workflow.repo / "langneurons").resolve())
     assert workflow.planned() == []
 
 
@@ -234,9 +255,25 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
         jobs = workflow.planned()
     finally:
         module.write_text(original)
-    # the grids' cells draw random controls with selection.random_control, the baseline and "none" too
+    # Every job whose script imports selection.py reruns: counting and the sets, the grids' cells (random
+    # controls, the baseline and "none" too), and the logit lens, which takes each language's set with
+    # selection.language_set (its token table shares the step module); then every table and figure after them.
+    # Corpus sampling, the demo model and scoring do not run it.
+    figures = (
+        "figure_language_ratio", "figure_language_ratio_deactivated", "figure_neuron_counts", "figure_overlap",
+        "figure_overlap_lape", "figure_ablation", "figure_finetune", "figure_stability",
+    )  # fmt: skip
     assert rules_of(jobs) == Counter(
-        {"count_activations": 3, **AFTER_NEURON_SETS, **STABILITY, "ablation_cell": 5, "finetune_cell": 2}
+        {
+            "count_activations": 3,
+            **AFTER_NEURON_SETS,
+            **STABILITY,
+            **dict.fromkeys(figures, 1),
+            "token_languages": 1,
+            "logit_lens": 6,
+            "ablation_cell": 5,
+            "finetune_cell": 2,
+        }
     )
 
 
@@ -269,6 +306,105 @@ def test_changing_the_logit_lens_top_k_reruns_the_lens_never_the_neurons(workflo
     )
 
 
+def test_execution_settings_and_resources_reschedule_nothing(workflow):
+    """Batch sizes, chunking, the device map and what jobs ask the scheduler for change no result."""
+    changes = {
+        "execution": {
+            "device_map": "cpu",
+            "scoring": {"batch_size": 1, "chunk_bytes": 4096},
+            "logit_lens": {"batch_size": 1},
+            "evaluation": {"batch_size": 1},
+        },
+        "resources": {
+            group: {"cpus": 1, "mem_mb": 1234, "runtime": 7, "gpus": 1}
+            for group in ("demo_model", "scoring", "logit_lens", "ablation", "finetune", "sets", "light")
+        },
+    }
+    assert workflow.planned(config=workflow.config_file("execution.yaml", **changes)) == []
+
+
+def test_a_new_storage_dtype_rescores(workflow):
+    jobs = workflow.planned(config=workflow.config_file("float16.yaml", scoring__storage_dtype="float16"))
+    assert rules_of(jobs)["score_shard"] == 6 and rules_of(jobs)["count_activations"] == 3
+
+
+def test_the_workflow_is_lint_clean(workflow):
+    done = workflow.run("--lint")
+    assert "Lints for" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+
+
+def _snakemake_in_python(*args: str) -> list[str]:
+    """A snakemake command line run in Python, printing the model libraries it loaded as it exits."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('LOADED', sorted(n for n in sys.modules if n in "
+        "('torch', 'transformers', 'accelerate'))))\n"
+        "from snakemake.cli import main\n"
+        f"sys.argv = ['snakemake', *{list(args)!r}]\n"
+        "main()\n"
+    )
+    return [sys.executable, "-c", probe]
+
+
+def test_a_dry_run_of_the_finished_run_loads_no_model_library(workflow):
+    command = _snakemake_in_python(
+        "-s", str(workflow.repo / "Snakefile"), "-d", str(workflow.workdir),
+        "--configfile", str(workflow.config_file()),
+        "--cores", "2", "--profile", str(workflow.repo / "profiles" / "local"), "--dry-run",
+    )  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert "Nothing to be done" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+    assert "LOADED []" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_figure_job_loads_no_model_library(workflow):
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}  # every Python process lists what it imports
+    done = workflow.run("--forcerun", "figure_overlap", env=env)
+    log = done.stdout + done.stderr
+    assert re.search(r"import time:.*\|\s+langneurons\.plotting$", log, re.MULTILINE), "the figure job was traced"
+    loaded = re.findall(r"import time:.*\|\s+(torch|transformers|accelerate)$", log, re.MULTILINE)
+    assert loaded == []
+
+
+def test_the_7b_preset_plans_its_full_dag_for_a_gpu_cluster_offline(tmp_path):
+    """The Mistral-7B preset through profiles/slurm-gpu: every job planned, nothing downloaded, GPUs for
+    the model jobs only, each with its configured cpus, memory and runtime."""
+    flow = Workflow(tmp_path)
+    preset = flow.repo / "configs" / "mistral-7b-instruct-v0.2.yaml"
+    config = yaml.safe_load(preset.read_text())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # (--cores: a dry run shows each job's threads capped at the cores given; a cluster has more)
+    jobs = flow.planned_jobs("--cores", "64", config=preset, profile="slurm-gpu", env=env)
+    languages = config["languages"]
+    counts = rules_of([(rule, wildcards) for rule, wildcards, _ in jobs])
+    assert counts["sample_corpus"] == len(languages)
+    assert counts["score_shard"] == len(languages) * config["scoring"]["shards"]
+    assert counts["count_activations"] == len(languages)
+    assert counts["logit_lens"] == 2 * len(languages)
+    seeds = len(config["ablation"]["control_seeds"])
+    assert counts["ablation_cell"] == 1 + len(config["ablation"]["conditions"]) * len(languages) * (1 + seeds)
+    assert counts["finetune_cell"] == len(languages) * len(config["finetune"]["methods"])
+    assert "train_demo_model" not in counts
+    groups = {
+        "score_shard": "scoring", "logit_lens": "logit_lens", "ablation_cell": "ablation",
+        "finetune_cell": "finetune", "count_activations": "sets", "stability": "sets", "neuron_sets": "light",
+        "sample_corpus": "light", "figure_overlap": "light",
+    }  # fmt: skip
+    for rule, _, resources in jobs:
+        group = groups.get(rule)
+        if group is None:
+            continue
+        wanted = config["resources"][group]
+        assert int(resources["threads"]) == wanted["cpus"], rule
+        assert resources["runtime"] == str(wanted["runtime"]), rule
+        if group == "sets":  # sized by the score files, which do not exist yet
+            assert resources["mem_mb"] == "<TBD>"
+        else:
+            assert resources["mem_mb"] == str(wanted["mem_mb"]), rule
+        assert resources.get("gpu", "0") == str(wanted["gpus"]), rule
+        assert ("gpu" in resources) == (group in ("scoring", "logit_lens", "ablation", "finetune")), rule
+
+
 def test_report_embeds_every_figure_with_its_caption(workflow):
     report = workflow.workdir / "report.html"
     workflow.run("--report", str(report))
@@ -293,7 +429,10 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(selection__set_kinds=["activated"]), r"ablation.set_kinds uses \['specific'\] but selection.set_kinds"),
         (dict(logit_lens__top_k=0), "0 is less than the minimum of 1"),
         (dict(selection__detectors=["plnd"]), r"ablation.detectors uses \['lape'\] but selection.detectors"),
-        (dict(selection__stability={"n_docs": [0]}), "0 is not valid under any of the given schemas"),
+        (dict(selection__stability={"n_docs": [0]}), r"selection.stability.n_docs.0: 0 is less than the minimum of 1"),
+        (dict(figures__set_kind="exclusive", selection__set_kinds=["activated", "specific"]), "figures.set_kind uses"),
+        (dict(scoring__batch_size=16), "scoring.batch_size is an execution setting: set it as execution.scoring"),
+        (dict(finetune__training={"learning_rate": 1e-5}), "'learning_rate' was unexpected"),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):

@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.figures import ablation_figure_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     ablation_figure_step(

@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.figures import language_ratio_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     language_ratio_step(

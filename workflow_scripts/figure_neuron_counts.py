@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.figures import neuron_counts_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     neuron_counts_step(

@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.figures import overlap_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     overlap_step(

@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.figures import stability_figure_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     stability_figure_step(

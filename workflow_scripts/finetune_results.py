@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.finetune import finetune_results_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     finetune_results_step(table_paths=snakemake.input.tables, out_path=snakemake.output[0])

@@ -1,4 +1,4 @@
-from langneurons.steps.common import logged
+from langneurons.steps.logs import logged
 from langneurons.steps.neurons import neuron_sets_step
 
 with logged(snakemake.log):

@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.corpus import sample_corpus_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     sample_corpus_step(

@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
 from langneurons.steps.logit_lens import token_languages_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     token_languages_step(

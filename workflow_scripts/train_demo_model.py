@@ -1,5 +1,5 @@
-from langneurons.steps.common import logged
-from langneurons.steps.corpus import train_demo_model_step
+from langneurons.steps.demo_model import train_demo_model_step
+from langneurons.steps.logs import logged
 
 with logged(snakemake.log):
     train_demo_model_step(

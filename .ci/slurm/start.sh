@@ -17,6 +17,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STATE_DIR="${LN_SLURM_DIR:-/var/lib/langneurons-slurm}"
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 PIDS="$STATE_DIR/pids"
 MARKER="langneurons-ci-slurm"
 START_TIMEOUT="${LN_SLURM_START_TIMEOUT:-90}"
@@ -112,18 +113,23 @@ new_conf="$(sed -e "s|@HOST@|$HOST|g" -e "s|@ADDR@|$ADDR|g" \
     -e "s|@REAL_MEMORY@|$REAL_MEMORY|g" -e "s|@DEF_MEM_PER_CPU@|$DEF_MEM_PER_CPU|g" \
     "$HERE/slurm.conf.template")"
 
+new_gres="$(sed -e "s|@HOST@|$HOST|g" "$HERE/gres.conf.template")"
+
 conf_changed=1
-if [ -f "$CONF" ] && [ "$(cat "$CONF")" = "$new_conf" ]; then
+if [ -f "$CONF" ] && [ "$(cat "$CONF")" = "$new_conf" ] && [ -f "$GRES_CONF" ] && [ "$(cat "$GRES_CONF")" = "$new_gres" ]; then
     conf_changed=0
 fi
 if [ "$conf_changed" -eq 1 ]; then
-    if [ -f "$CONF" ] && ! grep -q "$MARKER" "$CONF"; then
-        log "moving foreign $CONF to $CONF.orig"
-        mv "$CONF" "$CONF.orig"
-    fi
+    for file in "$CONF" "$GRES_CONF"; do
+        if [ -f "$file" ] && ! grep -q "$MARKER" "$file"; then
+            log "moving foreign $file to $file.orig"
+            mv "$file" "$file.orig"
+        fi
+    done
     printf '%s\n' "$new_conf" > "$CONF"
+    printf '%s\n' "$new_gres" > "$GRES_CONF"
     cp "$CONF" "$STATE_DIR/slurm.conf"
-    log "wrote $CONF"
+    log "wrote $CONF and $GRES_CONF"
 fi
 # Debian's slurm also reads cgroup.conf only for cgroup plugins (none here).
 

@@ -1,99 +1,26 @@
-"""Shared pieces of the workflow steps: configuration checks and model loading.
+"""Shared pieces of the model steps: loading the analysed model, and where a result comes from.
 
 The ``langneurons.steps`` modules hold one function per Snakemake rule. Each
 rule's entry script in ``workflow_scripts/`` only unpacks
 ``snakemake.input/params/output`` and calls it, so every step is testable
-without Snakemake; each rule lists the library modules its step uses as
-inputs, so that editing one reruns exactly the steps that use it.
+without Snakemake. The workflow derives each rule's library modules (its inputs,
+so that editing one reruns exactly the steps that use it) from the imports of its
+script (:mod:`langneurons.imports`).
+
+Importing this module loads no model library: torch and transformers are imported
+when a model is loaded.
 """
 
 from __future__ import annotations
 
 import os
-import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import torch
+from langneurons.errors import ConfigError
 
-from langneurons import corpora
-from langneurons.architectures import ARCHITECTURES, UnsupportedArchitectureError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ConfigError(ValueError):
-    """The workflow configuration is inconsistent."""
-
-
-# ---- configuration ------------------------------------------------------------------------------
-
-
-def check_config(config: Mapping[str, Any]) -> None:
-    """Checks the JSON schema cannot express: languages the corpus source lacks, and so on."""
-    source = config["corpus"]["source"]
-    languages = list(config["languages"])
-    if len(set(languages)) != len(languages):
-        raise ConfigError(f"languages lists a language twice: {languages}")
-    available = corpora.available_languages(source)
-    if source["source"] == "demo" or available:
-        unknown = [lang for lang in languages if lang not in available]
-        if unknown:
-            raise ConfigError(
-                f"languages: {unknown} not available from corpus source {source['source']!r}; "
-                f"it has {', '.join(available)}. Remove them or configure a source that has them."
-            )
-    if config["model"]["demo"]:
-        demo_languages = config["model"]["demo_languages"]
-        unknown = [lang for lang in demo_languages if lang not in available]
-        if unknown:
-            raise ConfigError(
-                f"model.demo_languages: {unknown} not available from the demo corpus; it has {', '.join(available)}"
-            )
-        missing = [lang for lang in languages if lang not in demo_languages]
-        if missing:
-            raise ConfigError(
-                f"languages {missing} are not in model.demo_languages {demo_languages}: the demo model would "
-                "not know them. Add them to model.demo_languages (this retrains the demo model)."
-            )
-    elif not config["model"].get("id"):
-        raise ConfigError("model.id is empty while model.demo is false: set a hub id or a local path")
-    for section in ("ablation", "finetune"):
-        targets = (config.get(section) or {}).get("targets") or []
-        unknown = [lang for lang in targets if lang not in languages]
-        if unknown:
-            raise ConfigError(
-                f"{section}.targets: {unknown} are not in `languages` {languages}, so they have no scores or "
-                f"neuron sets; add them to `languages` or remove them from {section}.targets"
-            )
-    detectors = config.get("selection", {}).get("detectors") or ["plnd"]
-    unbuilt = [d for d in config.get("ablation", {}).get("detectors", []) if d not in detectors]
-    if unbuilt:
-        raise ConfigError(
-            f"ablation.detectors uses {unbuilt} but selection.detectors {list(detectors)} does not run it: "
-            "add it to selection.detectors, or remove it from ablation.detectors"
-        )
-    if "lape" in detectors and "ffn" not in config.get("scoring", {}).get("sites", ["ffn"]):
-        raise ConfigError(
-            "selection.detectors has 'lape', which counts FFN activations, but scoring.sites "
-            f"{config['scoring']['sites']} leaves out 'ffn': add 'ffn' to scoring.sites or drop 'lape'"
-        )
-    built = config.get("selection", {}).get("set_kinds")
-    if built:
-        consumers = {
-            "ablation.set_kinds": config.get("ablation", {}).get("set_kinds", []),
-            "finetune.set_kind": [config.get("finetune", {}).get("set_kind")],
-            "logit_lens.deactivate": [config.get("logit_lens", {}).get("deactivate")],
-        }
-        for field, kinds in consumers.items():
-            missing = [kind for kind in kinds if kind and kind not in built]
-            if missing:
-                raise ConfigError(
-                    f"{field} uses {missing} but selection.set_kinds {list(built)} does not build that set: "
-                    f"add it to selection.set_kinds, or change {field}"
-                )
+#: ``model.dtype`` names, the torch dtypes of the same name.
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 def model_record(model_params: Mapping[str, Any], model_dir: str | None) -> dict[str, Any]:
@@ -114,7 +41,10 @@ def load_model(
     The architecture is checked from the config before any weight is loaded,
     so an unsupported model fails in seconds, not after a 100 GB download.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from langneurons.architectures import ARCHITECTURES, UnsupportedArchitectureError
 
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype is {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -126,7 +56,7 @@ def load_model(
             f"supported: {', '.join(sorted(ARCHITECTURES))}. Add an entry to langneurons.architectures.ARCHITECTURES."
         )
     model = AutoModelForCausalLM.from_pretrained(
-        reference, revision=revision, dtype=DTYPES[dtype], device_map=device_map
+        reference, revision=revision, dtype=getattr(torch, dtype), device_map=device_map
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(reference, revision=revision)
     if tokenizer.pad_token_id is None:
@@ -135,23 +65,11 @@ def load_model(
 
 
 def load_configured_model(model_params: Mapping[str, Any], model_dir: str | None):
-    """The model a workflow run analyses: the demo model it trained, or the configured one."""
+    """The model a workflow run analyses: the demo model it trained, or the configured one.
+
+    ``model_params["device_map"]`` (the workflow's ``execution.device_map``) places it on the devices;
+    no result depends on it.
+    """
     reference = model_dir if model_params["demo"] else model_params["id"]
     revision = None if model_params["demo"] else model_params.get("revision")
     return load_model(reference, revision, model_params["dtype"], model_params.get("device_map"))
-
-
-@contextmanager
-def logged(log_paths: Sequence[str]) -> Iterator[None]:
-    """Send a step's output (progress bars, warnings, its traceback) to its Snakemake log."""
-    if not log_paths:
-        yield
-        return
-    path = Path(log_paths[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
-        try:
-            yield
-        except BaseException:
-            traceback.print_exc()
-            raise

@@ -1,11 +1,9 @@
-"""Workflow steps: corpus sampling and the built-in demo model."""
+"""Workflow step: one language's corpus sample."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
-
-import pandas as pd
 
 from langneurons import corpora
 
@@ -22,12 +20,3 @@ def sample_corpus_step(
     sample = corpora.sample_language(source, language, split_sizes, seed, filters)
     params = {"source": dict(source), "split_sizes": dict(split_sizes), "seed": seed, "filters": dict(filters)}
     corpora.write_corpus(sample, parquet_path, manifest_path, params)
-
-
-def train_demo_model_step(corpus_paths: Sequence[str], model_dir: str, settings: Mapping[str, Any]) -> None:
-    from langneurons.demo_model import DemoModelConfig, train_demo_model
-
-    frames = [corpora.read_corpus(path) for path in corpus_paths]
-    docs = pd.concat(frames, ignore_index=True)
-    config = DemoModelConfig.from_dict(dict(settings))
-    train_demo_model(docs[docs["split"] == "train"], docs[docs["split"] == "eval"], model_dir, config)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from langneurons.interventions import layer_stages
+from langneurons.conditions import layer_stages
 from langneurons.plotting import (
     PlotInputError,
     plot_ablation_grid,

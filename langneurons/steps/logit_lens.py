@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from langneurons import corpora
 from langneurons.batching import encode
+from langneurons.conditions import ENGLISH
 from langneurons.interventions import deactivate
 from langneurons.io import atomic_path, provenance, write_parquet_atomic
 from langneurons.logit_lens import (
@@ -25,24 +26,8 @@ from langneurons.logit_lens import (
 from langneurons.selection import language_set
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
-#: The language the ratio compares every document language with.
-ENGLISH = "en"
 #: Columns every per-job logit-lens table adds to :data:`langneurons.logit_lens.RATIO_COLUMNS`.
 CONDITION_COLUMNS = ("condition", "set_kind", "n_neurons_deactivated", "n_docs")
-
-
-def token_language_names(languages: Sequence[str]) -> list[str]:
-    """The languages a token table attributes tokens among: the analysed ones, plus English if absent.
-
-    The ratio compares each document language with English, so English tokens must be labelled
-    whatever languages are analysed.
-    """
-    return list(languages) + ([ENGLISH] if ENGLISH not in languages else [])
-
-
-def deactivated_condition(set_kind: str | None) -> list[str]:
-    """Logit-lens conditions: ``none``, plus ``<set_kind>_deactivated`` when a set kind is deactivated."""
-    return ["none"] + ([f"{set_kind}_deactivated"] if set_kind else [])
 
 
 def load_tokenizer(tokenizer_params: Mapping[str, Any], model_dir: str | None):

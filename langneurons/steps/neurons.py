@@ -7,8 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from langneurons.interventions import layer_stages
+from langneurons.conditions import layer_stages
+from langneurons.errors import ConfigError
 from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
+from langneurons.scorefiles import ScoreShards, release_large_blocks
 from langneurons.selection import (
     AGREEMENT_COLUMNS,
     ActivationCounts,
@@ -18,18 +20,18 @@ from langneurons.selection import (
     set_stability,
     set_summary,
 )
-from langneurons.steps.common import ConfigError
-from langneurons.steps.scoring import load_scores
 
 
 def count_activations_step(
     shard_paths: Sequence[str], top_k: Mapping[str, float], language: str, out_path: str
 ) -> None:
-    scores, doc_ids = load_scores(shard_paths)
-    if len(set(doc_ids)) != len(doc_ids):
+    """Activation counts of one language, reading its scores one site at a time."""
+    release_large_blocks()
+    scores = ScoreShards(shard_paths)
+    if len(set(scores.doc_ids)) != scores.n_docs:
         raise ConfigError(f"score shards of {language} overlap: a document was scored twice")
     counts = ActivationCounts.from_scores(scores, top_k)
-    counts.save(out_path, provenance({"top_k": dict(top_k)}, language=language, n_docs=len(doc_ids)))
+    counts.save(out_path, provenance({"top_k": dict(top_k)}, language=language, n_docs=scores.n_docs))
 
 
 def neuron_sets_step(
@@ -86,9 +88,13 @@ def stability_step(
     out_path: str,
     record_path: str,
 ) -> None:
-    """Jaccard of the sets from disjoint halves and from subsamples of the detection documents (cached scores)."""
-    # set_stability reads the PLND sites and ignores LAPE's counts
-    scores = {lang: load_scores(paths)[0] for lang, paths in shard_paths.items()}
+    """Jaccard of the sets from disjoint halves and from subsamples of the detection documents (cached scores).
+
+    The scores are read one language and one site at a time (LAPE's counts, which stability does not use,
+    never), so the memory this takes is bounded by one language's scores, whatever the number of languages.
+    """
+    release_large_blocks()
+    scores = {lang: ScoreShards(paths) for lang, paths in shard_paths.items()}
     table = set_stability(
         scores,
         top_k,
@@ -97,6 +103,7 @@ def stability_step(
         n_docs_grid=settings["n_docs"],
         seed=seed,
         replicates=settings["replicates"],
+        n_docs={lang: shards.n_docs for lang, shards in scores.items()},
     )
     if table["jaccard"].isna().all():
         raise ConfigError(
@@ -107,7 +114,7 @@ def stability_step(
     write_json_atomic(
         provenance(
             {"top_k": dict(top_k), "rho": rho, "stability": dict(settings), "seed": seed},
-            n_docs={lang: int(next(iter(t.values())).shape[0]) for lang, t in scores.items()},
+            n_docs={lang: shards.n_docs for lang, shards in scores.items()},
         ),
         record_path,
     )

@@ -9,12 +9,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from langneurons import corpora
-from langneurons.io import atomic_path, provenance
-from langneurons.scoring import score_documents
+from langneurons.io import provenance
+from langneurons.scorefiles import ScoreShards, write_shard
+from langneurons.scoring import COUNT_OUTPUTS, score_documents
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
 
@@ -43,7 +42,8 @@ def score_shard_step(
     out_path: str,
     threads: int | None = None,
 ) -> None:
-    """PLND scores of one shard of a language's detection documents, as safetensors."""
+    """PLND scores of one shard of a language's detection documents, as safetensors in
+    ``scoring["storage_dtype"]`` (float32 when unset)."""
     if threads:
         torch.set_num_threads(threads)
     docs = shard_documents(corpora.read_corpus(corpus_path), shard, n_shards)
@@ -68,18 +68,11 @@ def score_shard_step(
         **model_record(model_params, model_dir),
         corpus_sha256=_corpus_hash(corpus_path),
     )
-    metadata = {"doc_ids": json.dumps(docs["doc_id"].tolist()), "provenance": json.dumps(record, default=str)}
-    with atomic_path(out_path) as tmp:
-        save_file({site: tensor.contiguous() for site, tensor in scores.items()}, str(tmp), metadata=metadata)
+    storage_dtype = scoring.get("storage_dtype", "float32")
+    write_shard(out_path, scores, docs["doc_id"].tolist(), record, storage_dtype, counts=COUNT_OUTPUTS)
 
 
 def load_scores(paths: Sequence[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Concatenate score shards; returns ``({site: [docs, layers, neurons]}, doc_ids)``."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    doc_ids: list[str] = []
-    for path in paths:
-        with safe_open(str(path), framework="pt") as handle:
-            doc_ids += json.loads((handle.metadata() or {})["doc_ids"])
-            for site in handle.keys():
-                parts.setdefault(site, []).append(handle.get_tensor(site))
-    return {site: torch.cat(chunks) for site, chunks in parts.items()}, doc_ids
+    """Every site of a language's score shards; returns ``({site: [docs, layers, neurons]}, doc_ids)``."""
+    shards = ScoreShards(paths)
+    return dict(shards.items()), shards.doc_ids

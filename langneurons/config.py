@@ -1,0 +1,191 @@
+"""The workflow configuration: its schema's defaults, and every check the schema cannot express.
+
+``schemas/config.schema.yaml`` is the one source of defaults and documentation: :func:`apply_schema`
+validates a configuration against it and fills in what is unset. :func:`check_config` then checks what
+a JSON schema cannot say (a language the corpus lacks, a set kind a later step uses but selection does
+not build, ...). Both run when Snakemake parses the workflow, before any job, and raise
+:class:`~langneurons.errors.ConfigError` naming the key, the value and the fix.
+
+Torch-free and offline: planning a run never loads a model library or touches the hub.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from langneurons.errors import ConfigError
+
+#: Settings that cannot change a result, and moved out of the sections whose values are job parameters:
+#: old key -> new key. A configuration that still sets an old key is refused with the new place.
+MOVED_TO_EXECUTION = {
+    ("scoring", "batch_size"): ("execution", "scoring", "batch_size"),
+    ("scoring", "chunk_bytes"): ("execution", "scoring", "chunk_bytes"),
+    ("model", "device_map"): ("execution", "device_map"),
+    ("logit_lens", "batch_size"): ("execution", "logit_lens", "batch_size"),
+    ("evaluation", "batch_size"): ("execution", "evaluation", "batch_size"),
+}
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, mappings merged key by key (as Snakemake merges config files)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _defaults_validator(schema: Mapping[str, Any]):
+    """A validator that also fills in each unset property's default (a copy), as it descends."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, property_schema in properties.items():
+                if "default" in property_schema and name not in instance:
+                    instance[name] = copy.deepcopy(property_schema["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})(schema)
+
+
+def _check_moved_keys(config: Mapping[str, Any]) -> None:
+    for (section, key), new in MOVED_TO_EXECUTION.items():
+        if isinstance(config.get(section), Mapping) and key in config[section]:
+            raise ConfigError(
+                f"{section}.{key} is an execution setting: set it as {'.'.join(new)} (no result depends on it, "
+                f"so changing it there reruns nothing)"
+            )
+
+
+def apply_schema(config: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against ``schema`` and fill in every unset default, in place; returns it."""
+    from jsonschema.exceptions import best_match
+
+    _check_moved_keys(config)
+    error = best_match(_defaults_validator(schema).iter_errors(config))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "the configuration"
+        raise ConfigError(f"{where}: {error.message} (schemas/config.schema.yaml documents every key)")
+    return config
+
+
+def resolve_config(layers: list[Mapping[str, Any]], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration a run uses: ``layers`` merged in order, with the schema's defaults, checked."""
+    config: dict[str, Any] = {}
+    for layer in layers:
+        config = merge(config, layer)
+    apply_schema(config, schema)
+    check_config(config)
+    return config
+
+
+# ---- checks the schema cannot express -----------------------------------------------------------
+
+
+def _check_languages(config: Mapping[str, Any]) -> None:
+    from langneurons import corpora
+
+    source = config["corpus"]["source"]
+    languages = list(config["languages"])
+    available = corpora.available_languages(source)
+    if source["source"] == "demo" or available:
+        unknown = [lang for lang in languages if lang not in available]
+        if unknown:
+            raise ConfigError(
+                f"languages: {unknown} not available from corpus source {source['source']!r}; "
+                f"it has {', '.join(available)}. Remove them or configure a source that has them."
+            )
+    model = config["model"]
+    if model["demo"]:
+        unknown = [lang for lang in model["demo_languages"] if lang not in available]
+        if unknown and (source["source"] == "demo" or available):
+            raise ConfigError(
+                f"model.demo_languages: {unknown} not available from corpus source {source['source']!r}, on which "
+                f"the demo model trains; it has {', '.join(available)}"
+            )
+        missing = [lang for lang in languages if lang not in model["demo_languages"]]
+        if missing:
+            raise ConfigError(
+                f"languages {missing} are not in model.demo_languages {model['demo_languages']}: the demo model "
+                "would not know them. Add them to model.demo_languages (this retrains the demo model)."
+            )
+    elif not model["id"]:
+        raise ConfigError("model.id is empty while model.demo is false: set a hub id or a local path")
+
+
+def _check_targets(config: Mapping[str, Any]) -> None:
+    languages = list(config["languages"])
+    for section in ("ablation", "finetune"):
+        unknown = [lang for lang in config[section]["targets"] or [] if lang not in languages]
+        if unknown:
+            raise ConfigError(
+                f"{section}.targets: {unknown} are not in `languages` {languages}, so they have no scores or "
+                f"neuron sets; add them to `languages` or remove them from {section}.targets"
+            )
+
+
+def _check_detectors(config: Mapping[str, Any]) -> None:
+    detectors = config["selection"]["detectors"]
+    unbuilt = [d for d in config["ablation"]["detectors"] if d not in detectors]
+    if unbuilt:
+        raise ConfigError(
+            f"ablation.detectors uses {unbuilt} but selection.detectors {list(detectors)} does not run it: "
+            "add it to selection.detectors, or remove it from ablation.detectors"
+        )
+    if "lape" in detectors and "ffn" not in config["scoring"]["sites"]:
+        raise ConfigError(
+            "selection.detectors has 'lape', which counts FFN activations, but scoring.sites "
+            f"{config['scoring']['sites']} leaves out 'ffn': add 'ffn' to scoring.sites or drop 'lape'"
+        )
+
+
+def _check_set_kinds(config: Mapping[str, Any]) -> None:
+    built = config["selection"]["set_kinds"]
+    consumers = {
+        "ablation.set_kinds": config["ablation"]["set_kinds"],
+        "finetune.set_kind": [config["finetune"]["set_kind"]],
+        "logit_lens.deactivate": [config["logit_lens"]["deactivate"]],
+        "figures.set_kind": [config["figures"]["set_kind"]],
+    }
+    for field, kinds in consumers.items():
+        missing = [kind for kind in kinds if kind and kind not in built]
+        if missing:
+            raise ConfigError(
+                f"{field} uses {missing} but selection.set_kinds {list(built)} does not build that set: "
+                f"add it to selection.set_kinds, or change {field}"
+            )
+
+
+def _check_document_counts(config: Mapping[str, Any]) -> None:
+    available = config["corpus"]["split_sizes"]["finetune"]
+    wanted = config["finetune"]["training"]["n_docs"]
+    grid_on = bool(config["finetune"]["methods"]) and config["finetune"]["targets"] != []
+    if grid_on and available != "all" and wanted > available:
+        raise ConfigError(
+            f"finetune.training.n_docs={wanted} but corpus.split_sizes.finetune={available} documents per language "
+            "are sampled for fine-tuning: lower finetune.training.n_docs or raise corpus.split_sizes.finetune"
+        )
+
+
+#: Every check, in the order they run.
+CHECKS = (_check_languages, _check_targets, _check_detectors, _check_set_kinds, _check_document_counts)
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """The checks the schema cannot express, on a configuration the schema has filled in (:func:`apply_schema`)."""
+    for check in CHECKS:
+        check(config)
