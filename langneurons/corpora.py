@@ -69,7 +69,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from langneurons.io import provenance, sha256_texts, write_json_atomic, write_parquet_atomic
+from langneurons.io import provenance, read_parquet, sha256_texts, write_json_atomic, write_parquet_atomic
 
 __all__ = [
     "COLUMNS",
@@ -782,7 +782,7 @@ def write_corpus(
 
 def read_corpus(parquet_path: str | os.PathLike, splits: str | Sequence[str] | None = None) -> pd.DataFrame:
     """Read a file written by :func:`write_corpus`, optionally only some splits."""
-    df = pd.read_parquet(parquet_path)
+    df = read_parquet(parquet_path)
     if splits is not None:
         wanted = [splits] if isinstance(splits, str) else list(splits)
         df = df[df["split"].isin(wanted)].reset_index(drop=True)

@@ -9,11 +9,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from langneurons import corpora
-from langneurons.io import atomic_path, provenance
+from langneurons.io import atomic_path, provenance, read_json, read_safetensors
 from langneurons.scoring import score_documents
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
@@ -30,7 +29,7 @@ def _corpus_hash(corpus_path: str) -> str | None:
     manifest = Path(corpus_path).with_suffix(".manifest.json")
     if not manifest.exists():
         return None
-    return json.loads(manifest.read_text(encoding="utf-8")).get("sha256")
+    return read_json(manifest).get("sha256")
 
 
 def score_shard_step(
@@ -78,8 +77,8 @@ def load_scores(paths: Sequence[str]) -> tuple[dict[str, torch.Tensor], list[str
     parts: dict[str, list[torch.Tensor]] = {}
     doc_ids: list[str] = []
     for path in paths:
-        with safe_open(str(path), framework="pt") as handle:
-            doc_ids += json.loads((handle.metadata() or {})["doc_ids"])
-            for site in handle.keys():
-                parts.setdefault(site, []).append(handle.get_tensor(site))
+        tensors, metadata = read_safetensors(path)
+        doc_ids += json.loads(metadata["doc_ids"])
+        for site, tensor in tensors.items():
+            parts.setdefault(site, []).append(tensor)
     return {site: torch.cat(chunks) for site, chunks in parts.items()}, doc_ids
