@@ -81,6 +81,7 @@ __all__ = [
     "DemoTranslation",
     "Filters",
     "available_languages",
+    "check_source_files",
     "identify_language",
     "normalize_text",
     "read_corpus",
@@ -559,13 +560,34 @@ def _missing_column(path: Path | str, text_field: str, columns: Iterable[str]) -
     )
 
 
+def _file_paths(source_config: Mapping[str, Any], language: str) -> list[Path]:
+    """The files source's files of ``language``, each checked to exist with a known format."""
+    paths = _per_language(source_config, "paths", language)
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    for path in paths:
+        if path.suffix.lower() not in _FILE_FORMATS:
+            raise CorpusError(
+                f"source.paths.{language}: file {str(path)!r} has an unknown format; use one of "
+                f"{', '.join(_FILE_FORMATS)}"
+            )
+        if not path.is_file():
+            raise CorpusError(
+                f"source.paths.{language}: file {str(path)!r} does not exist; fix source.paths "
+                "(relative paths start from the working directory)"
+            )
+    return paths
+
+
+def check_source_files(source_config: Mapping[str, Any], languages: Sequence[str]) -> None:
+    """For the files source, that every language's files exist and have a known format (no file is read)."""
+    if _source_name(source_config) == "files":
+        for language in languages:
+            _file_paths(source_config, language)
+
+
 def _read_file(path: Path, text_field: str) -> list[str | None]:
-    """All texts of one file, in file order (``None`` where missing)."""
+    """All texts of one file (checked by :func:`_file_paths`), in file order (``None`` where missing)."""
     suffix = path.suffix.lower()
-    if suffix not in _FILE_FORMATS:
-        raise CorpusError(f"file {str(path)!r} has an unknown format; use one of {', '.join(_FILE_FORMATS)}")
-    if not path.is_file():
-        raise CorpusError(f"file {str(path)!r} does not exist; fix source.paths")
     if suffix == ".txt":
         return [line for line in _read_text_lines(path) if line.strip()]
     if suffix == ".parquet":
@@ -592,12 +614,9 @@ def _read_file(path: Path, text_field: str) -> list[str | None]:
 
 
 def _file_docs(source_config: Mapping[str, Any], language: str) -> list[_Doc]:
-    paths = _per_language(source_config, "paths", language)
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     text_field = source_config.get("text_field", "text")
     docs: list[_Doc] = []
-    for p in paths:
-        path = Path(p)
+    for path in _file_paths(source_config, language):
         texts = _read_file(path, text_field)
         if not any(isinstance(t, str) and t.strip() for t in texts):
             raise CorpusError(

@@ -321,6 +321,21 @@ def test_too_few_documents_names_the_language_and_what_each_filter_dropped(tmp_p
     )
 
 
+def test_missing_or_unknown_files_are_found_before_any_file_is_read(tmp_path, files_cfg, monkeypatch):
+    corpora.check_source_files(files_cfg, ["en", "fr"])
+    corpora.check_source_files(DEMO, ["en", "xx"])  # other sources have no files to check
+    missing = {**files_cfg, "paths": {**files_cfg["paths"], "fr": [files_cfg["paths"]["fr"][0], "fr2.jsonl"]}}
+    message = r"source.paths.fr: file 'fr2.jsonl' does not exist; fix source.paths"
+    with pytest.raises(CorpusError, match=message):
+        corpora.check_source_files(missing, ["en", "fr"])
+    monkeypatch.setattr(corpora, "_read_file", lambda *a: pytest.fail("a file was read"))
+    with pytest.raises(CorpusError, match=message):  # sampling checks all of them before reading one
+        sample_language(missing, "fr", {"detect": 1}, 0, FILTERS)
+    unknown = {**files_cfg, "paths": {"en": str(tmp_path / "en.csv")}}
+    with pytest.raises(CorpusError, match=r"source.paths.en: file '.*en.csv' has an unknown format; use one of"):
+        corpora.check_source_files(unknown, ["en"])
+
+
 def test_error_empty_or_missing_text_column(tmp_path):
     pd.DataFrame({"text": ["", None, "  "], "other": ["a", "b", "c"]}).to_parquet(tmp_path / "e.parquet")
     cfg = {"source": "files", "paths": {"en": str(tmp_path / "e.parquet")}}
