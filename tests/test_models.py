@@ -149,6 +149,9 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "models" / "empty").mkdir()
     (tmp_path / "models" / "mine" / "tiny.gguf").write_bytes(b"GGUF" + bytes(28))
     (tmp_path / "notes.gguf").write_text("not a model")
+    (tmp_path / "models" / "ggufs").mkdir()
+    for name in ("b.gguf", "a.gguf"):
+        (tmp_path / "models" / "ggufs" / name).write_bytes(b"GGUF")
     return tmp_path
 
 
@@ -187,7 +190,8 @@ def test_an_absolute_model_folder_passes(workdir, offline):
         (_model(id="models/mine/v2/final"), r"model.id='models/mine/v2/final' is a local path"),
         (_model(id="my model"), r"model.id='my model' is a local path"),
         (_model(id="models/empty"), r"model.id='models/empty' is not a model folder: .* holds no config.json"),
-        (_model(id="notes.gguf"), r"holds no config.json.*For a .gguf file, set model.gguf_file to it"),
+        (_model(id="notes.gguf"), r"holds no config.json.*For a GGUF file, set model.gguf_file: notes.gguf instead"),
+        (_model(id="models/ggufs"), r"holds no config.json.*It holds a.gguf, b.gguf: set model.gguf_file to one of"),
         (_model(gguf_file="models/mine/tny.gguf"), r"model.gguf_file='models/mine/tny.gguf': .* is not a file"),
         (
             _model(id="models/mine", gguf_file="tny.gguf"),

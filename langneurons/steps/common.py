@@ -121,10 +121,16 @@ def check_model_reference(model_config: Mapping[str, Any]) -> None:
             "exist. Fix the path (relative paths start from the working directory), or give a hub id 'org/name'."
         )
     if not path.is_dir() or not (path / "config.json").is_file():
-        gguf_hint = " For a .gguf file, set model.gguf_file to it." if path.suffix == ".gguf" or path.is_dir() else ""
+        ggufs = sorted(p.name for p in path.glob("*.gguf")) if path.is_dir() else []
+        if path.suffix == ".gguf":
+            hint = f" For a GGUF file, set model.gguf_file: {reference} instead."
+        elif ggufs:
+            hint = f" It holds {', '.join(ggufs)}: set model.gguf_file to one of them."
+        else:
+            hint = ""
         raise ConfigError(
             f"model.id={reference!r} is not a model folder: {str(path)!r} holds no config.json. Point model.id at "
-            f"the folder save_pretrained wrote (config.json, weights and tokenizer files).{gguf_hint}"
+            f"the folder save_pretrained wrote (config.json, weights and tokenizer files).{hint}"
         )
 
 
