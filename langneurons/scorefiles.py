@@ -24,11 +24,10 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from langneurons.errors import ConfigError
-from langneurons.io import atomic_path
+from langneurons.io import atomic_path, open_safetensors
 
 #: ``scoring.storage_dtype`` names, the torch dtypes of the same name.
 STORAGE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -133,7 +132,7 @@ class ScoreShards(Mapping[str, torch.Tensor]):
         self._docs_per_shard: list[int] = []
         self._dtypes: dict[str, torch.dtype] = {}
         for path in self.paths:
-            with safe_open(path, framework="pt") as handle:
+            with open_safetensors(path) as handle:
                 ids = json.loads((handle.metadata() or {})["doc_ids"])
                 dtypes = {name: _SAFETENSORS_DTYPES[handle.get_slice(name).get_dtype()] for name in handle.keys()}
             if self._dtypes and set(dtypes) != set(self._dtypes):
@@ -152,12 +151,12 @@ class ScoreShards(Mapping[str, torch.Tensor]):
         if name not in self._names:
             raise KeyError(name)
         if len(self.paths) == 1:
-            with safe_open(self.paths[0], framework="pt") as handle:
+            with open_safetensors(self.paths[0]) as handle:
                 return handle.get_tensor(name)
         out = None
         start = 0
         for path, n in zip(self.paths, self._docs_per_shard):
-            with safe_open(path, framework="pt") as handle:
+            with open_safetensors(path) as handle:
                 part = handle.get_tensor(name)
             if out is None:
                 out = torch.empty((self.n_docs, *part.shape[1:]), dtype=self._dtypes[name])

@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from langneurons.architectures import SITES
-from langneurons.io import atomic_path
+from langneurons.io import atomic_path, read_safetensors
 
 #: The set kinds without a parameter (the released code's rules); see :func:`parse_set_kind` for all kinds.
 SET_KINDS: tuple[str, ...] = ("activated", "specific", "exclusive")
@@ -283,13 +283,9 @@ class ActivationCounts:
 
     @classmethod
     def load(cls, path) -> ActivationCounts:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
+        tensors, header = read_safetensors(path)
         if "n_docs" not in header:
             raise SelectionError(f"{path} is not a langneurons activation-count file (no n_docs in its header)")
-        tensors = load_file(str(path))
         counts = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("counts/")}
         importance = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("importance_sum/")}
         active = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("active_tokens/")}

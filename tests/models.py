@@ -249,3 +249,59 @@ def save_tiny_model(path, name: str = "llama") -> str:
     word_tokenizer().save_pretrained(path)
     tiny_model(name).save_pretrained(path)
     return str(path)
+
+
+#: The tiny GGUF's vocabulary: three special tokens, then the 94 printable ASCII characters "!".."~",
+#: one token each (a byte-level vocabulary without merges: "ab" is tokens [a, b]).
+GGUF_TOKENS = ("<pad>", "<s>", "</s>", *(chr(code) for code in range(33, 127)))
+
+
+def _llama_cpp_permute(weight, n_heads: int):
+    """llama.cpp's convert_hf_to_gguf order of q/k rows: each head's two rotary halves interleaved."""
+    return (
+        weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def save_tiny_gguf(path, model) -> str:
+    """Write a Llama ``model`` as an F32 GGUF file, the way llama.cpp's converter does, with a tokenizer."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    assert len(GGUF_TOKENS) == config.vocab_size
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(list(GGUF_TOKENS))
+    writer.add_token_scores([0.0] * len(GGUF_TOKENS))
+    writer.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (len(GGUF_TOKENS) - 3))
+    writer.add_pad_token_id(SPECIAL_TOKENS["pad_token_id"])
+    writer.add_bos_token_id(SPECIAL_TOKENS["bos_token_id"])
+    writer.add_eos_token_id(SPECIAL_TOKENS["eos_token_id"])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        module, kind = name.rsplit(".", 1)
+        array = tensor.detach().float().numpy().astype(np.float32)
+        if module.endswith("self_attn.q_proj"):
+            array = _llama_cpp_permute(array, config.num_attention_heads)
+        elif module.endswith("self_attn.k_proj"):
+            array = _llama_cpp_permute(array, config.num_key_value_heads)
+        writer.add_tensor(f"{names.get_name(module)}.{kind}", array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)

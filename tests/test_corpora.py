@@ -142,7 +142,14 @@ def test_files_parquet_and_filters_drop_wrong_language_duplicates_and_short(tmp_
     cfg = {"source": "files", "paths": {"en": [str(tmp_path / "en.parquet")]}, "text_field": "body"}
     df = sample_language(cfg, "en", {"detect": 20}, 0, FILTERS)
     stats = df.attrs["corpus_info"]["filter_stats"]
-    assert stats == {"n_read": 23, "dropped_length": 1, "dropped_langid": 1, "dropped_duplicate": 1, "n_kept": 20}
+    assert stats == {
+        "n_read": 23,
+        "dropped_min_chars": 1,
+        "dropped_max_chars": 0,
+        "dropped_langid": 1,
+        "dropped_duplicate": 1,
+        "n_kept": 20,
+    }
     assert bible["fr"][0] not in set(df["text"])
     # without the language-ID filter the French document gets in
     loose = sample_language(cfg, "en", {"detect": 21}, 0, {**FILTERS, "langid": False})
@@ -273,7 +280,60 @@ def test_error_too_few_documents(tmp_path, files_cfg, bible):
     path = tmp_path / "en.jsonl"
     pd.DataFrame({"text": bible["en"][:5]}).to_json(path, orient="records", lines=True)
     hf = {"source": "hf", "path": "json", "data_files": {"en": str(path)}}
-    _fails(tmp_path, hf, "en", {"detect": 6}, r"need 6 documents but only 5 documents \(of 5 read")
+    _fails(
+        tmp_path,
+        hf,
+        "en",
+        {"detect": 6},
+        r"en: .*need 6 documents but only 5 documents remain after filtering \(of 5 read",
+    )
+
+
+def test_too_few_documents_names_the_language_and_what_each_filter_dropped(tmp_path, bible):
+    kept, short, duplicates = bible["fr"][:17], ["Trop court."] * 14, bible["fr"][:2]
+    too_long = " ".join(bible["fr"][20:60])
+    assert len(too_long) > FILTERS["max_chars"]
+    texts = kept + short + duplicates + [too_long, bible["en"][0]]
+    pd.DataFrame({"text": texts}).to_parquet(tmp_path / "fr.parquet")
+    cfg = {"source": "files", "paths": {"fr": str(tmp_path / "fr.parquet")}}
+    message = _fails(tmp_path, cfg, "fr", {"detect": 30}, "fr: ")
+    assert message == (
+        "fr: split_sizes={'detect': 30} need 30 documents but only 17 documents remain after filtering "
+        "(of 35 read: dropped 14 by min_chars=100, 1 by max_chars=6000, 1 by langid, 2 by dedup); "
+        "lower split_sizes or relax filters.min_chars (it dropped the most)"
+    )
+    # a filter that is off says so; with nothing dropped the fix is more documents
+    message = _fails(
+        tmp_path,
+        cfg,
+        "fr",
+        {"detect": 40},
+        "fr: ",
+        filters={"min_chars": 1, "max_chars": None, "langid": False, "dedup": False},
+    )
+    assert "(of 35 read: dropped 0 by min_chars=1, max_chars off, langid off, dedup off); " in message
+    assert message.endswith("lower split_sizes or give the source more documents")
+    # the demo source also says how many chapters survive in every aligned language
+    message = _fails(tmp_path, DEMO, "zh", {"detect": 5000}, "zh: ")
+    assert re.search(
+        r"\(of 1189 read: dropped \d+ by min_chars=100, .*; \d+ chapters pass in every align language \(en, fr, zh\)\)",
+        message,
+    )
+
+
+def test_missing_or_unknown_files_are_found_before_any_file_is_read(tmp_path, files_cfg, monkeypatch):
+    corpora.check_source_files(files_cfg, ["en", "fr"])
+    corpora.check_source_files(DEMO, ["en", "xx"])  # other sources have no files to check
+    missing = {**files_cfg, "paths": {**files_cfg["paths"], "fr": [files_cfg["paths"]["fr"][0], "fr2.jsonl"]}}
+    message = r"source.paths.fr: file 'fr2.jsonl' does not exist; fix source.paths"
+    with pytest.raises(CorpusError, match=message):
+        corpora.check_source_files(missing, ["en", "fr"])
+    monkeypatch.setattr(corpora, "_read_file", lambda *a: pytest.fail("a file was read"))
+    with pytest.raises(CorpusError, match=message):  # sampling checks all of them before reading one
+        sample_language(missing, "fr", {"detect": 1}, 0, FILTERS)
+    unknown = {**files_cfg, "paths": {"en": str(tmp_path / "en.csv")}}
+    with pytest.raises(CorpusError, match=r"source.paths.en: file '.*en.csv' has an unknown format; use one of"):
+        corpora.check_source_files(unknown, ["en"])
 
 
 def test_error_empty_or_missing_text_column(tmp_path):

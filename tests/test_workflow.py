@@ -12,13 +12,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+
+from langneurons.io import read_parquet, read_safetensors
+from langneurons.steps.scoring import load_scores
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = (
@@ -136,6 +141,27 @@ class Workflow:
             )
         assert jobs, f"could not read the dry run:\n{text[-3000:]}"
         return jobs
+
+    def copy(self, root: Path) -> Workflow:
+        """The finished run copied to ``root`` (results, logs, Snakemake's records), for a test that damages it.
+
+        The copy shares the workflow files: a rule's library modules are inputs by absolute path,
+        so a copy of them would be a new input set and rerun everything.
+        """
+        clone = object.__new__(Workflow)
+        clone.repo, clone.tiny = self.repo, self.tiny
+        clone.workdir = root / "run"
+        shutil.copytree(self.workdir, clone.workdir, symlinks=True)  # copy2 keeps modification times
+        clone.results = clone.workdir / "results" / self.tiny["run"]
+        return clone
+
+    def start(self, *args: str) -> subprocess.Popen:
+        """A real run in the background, in its own process group (to be killed as one)."""
+        command = [
+            SNAKEMAKE, "-s", str(self.repo / "Snakefile"), "-d", str(self.workdir), "--configfile",
+            str(self.config_file()), "--profile", str(self.repo / "profiles" / "local"), *args,
+        ]  # fmt: skip
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def rules_of(jobs) -> Counter:
@@ -439,3 +465,66 @@ def test_invalid_config_fails_at_parse_time(workflow, changes, message):
     done = workflow.run("--dry-run", config=workflow.config_file("bad.yaml", **changes), check=False)
     assert done.returncode != 0
     assert re.search(message, done.stdout + done.stderr), (done.stdout + done.stderr)[-3000:]
+
+
+@pytest.fixture
+def run_copy(workflow, tmp_path) -> Workflow:
+    clone = workflow.copy(tmp_path)
+    assert clone.planned() == [], "a copied finished run has nothing to do"
+    return clone
+
+
+def test_a_killed_run_leaves_nothing_half_written_and_reruns_only_the_unfinished_shard(run_copy):
+    # fr as in a first run: no scores, no counts yet (an existing output's missing inputs are not remade)
+    scores, logs = run_copy.results / "scores" / "fr", run_copy.workdir / "logs" / "tiny" / "scores"
+    for path in [*scores.iterdir(), *logs.glob("fr-shard*.log"), run_copy.results / "counts" / "fr.safetensors"]:
+        path.unlink()
+    run = run_copy.start("--cores", "1", "results/tiny/counts/fr.safetensors")
+    deadline = time.monotonic() + 600
+    while True:  # kill everything once one shard is written and the other shard's job is running
+        written = sorted(p.name for p in scores.glob("*.safetensors")) if scores.exists() else []
+        if len(written) == 1 and len(list(logs.glob("fr-shard*.log"))) == 2:
+            os.killpg(run.pid, signal.SIGSTOP)
+            unfinished = ({"shard0-of-2.safetensors", "shard1-of-2.safetensors"} - set(written)).pop()
+            assert not (scores / unfinished).exists(), "the second job finished before the kill: nothing to test"
+            os.killpg(run.pid, signal.SIGKILL)
+            break
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    run.wait()
+    # only the finished shard is there, complete; a killed writer's temporary is hidden and goes with the next write
+    assert [p.name for p in scores.iterdir() if not p.name.startswith(".")] == written
+    load_scores([scores / written[0]])
+    kept = (scores / written[0]).stat().st_mtime_ns
+
+    jobs = run_copy.planned()
+    shard = re.match(r"shard(\d+)-", unfinished).group(1)
+    assert [wildcards for rule, wildcards in jobs if rule == "score_shard"] == [{"language": "fr", "shard": shard}]
+    assert rules_of(jobs) == Counter({"score_shard": 1, "count_activations": 1, **AFTER_NEURON_SETS, **STABILITY})
+    done = run_copy.run("--cores", "1", "results/tiny/counts/fr.safetensors", check=False)
+    assert done.returncode != 0 and "--unlock" in done.stderr, "a killed Snakemake leaves its lock"
+    run_copy.run("--unlock")
+    run_copy.run("--cores", "1", "results/tiny/counts/fr.safetensors")
+    assert (scores / written[0]).stat().st_mtime_ns == kept, "the finished shard was not recomputed"
+    assert sorted(p.name for p in scores.iterdir()) == ["shard0-of-2.safetensors", "shard1-of-2.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "path, rule, target",
+    [
+        ("results/tiny/scores/en/shard0-of-2.safetensors", "score_shard", "results/tiny/counts/en.safetensors"),
+        ("results/tiny/logit_lens/none/en.parquet", "logit_lens", "results/tiny/logit_lens/all.parquet"),
+    ],
+)
+def test_a_damaged_cache_file_fails_naming_it_and_its_rule_and_forcerun_remakes_it(run_copy, path, rule, target):
+    data = (run_copy.workdir / path).read_bytes()
+    (run_copy.workdir / path).write_bytes(data[: len(data) // 2])
+    done = run_copy.run(target, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"CorruptFileError: {path} is damaged and cannot be read" in output, output[-3000:]
+    assert f"It was written by rule {rule}; " in output
+    assert f"rerun with `--forcerun {path}`" in output
+    run_copy.run("--forcerun", path, "--", target)
+    read = read_safetensors if path.endswith(".safetensors") else read_parquet
+    read(run_copy.workdir / path)

@@ -16,7 +16,7 @@ import pandas as pd
 from langneurons import corpora, evaluation
 from langneurons.architectures import site_sizes
 from langneurons.interventions import condition_neurons, deactivate, layer_stages
-from langneurons.io import provenance, write_json_atomic, write_parquet_atomic
+from langneurons.io import provenance, read_parquet, write_json_atomic, write_parquet_atomic
 from langneurons.selection import language_set, random_control
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
@@ -118,7 +118,7 @@ def ablation_cell_step(
     neurons = pd.DataFrame(columns=["layer", "site", "index"])
     if cell["condition"] != BASELINE:
         neurons = cell_neurons(
-            pd.read_parquet(neurons_path),
+            read_parquet(neurons_path),
             cell["target_language"],
             cell["set_kind"],
             cell["condition"],
@@ -158,7 +158,7 @@ def ablation_cell_step(
 
 def ablation_grid_step(cell_paths: Sequence[str], out_path: str) -> None:
     """Concatenate the cells, with each metric's ratio to the baseline beside its value."""
-    table = pd.concat([pd.read_parquet(path) for path in cell_paths], ignore_index=True)
+    table = pd.concat([read_parquet(path) for path in cell_paths], ignore_index=True)
     baseline = table[table["condition"] == BASELINE].set_index(["eval_language", "metric"])["value"]
     if baseline.empty:
         raise ConfigError("the ablation grid has no baseline cell (condition 'none')")

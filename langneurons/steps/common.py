@@ -44,17 +44,11 @@ def load_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from langneurons.architectures import ARCHITECTURES, UnsupportedArchitectureError
+    from langneurons.architectures import check_supported_config
 
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype is {dtype!r}; use one of {', '.join(DTYPES)}")
-    config = AutoConfig.from_pretrained(reference, revision=revision)
-    names = list(getattr(config, "architectures", None) or [])
-    if names and not any(name in ARCHITECTURES for name in names):
-        raise UnsupportedArchitectureError(
-            f"model {str(reference)!r} is a {names[0]}, which is not in langneurons' architecture table; "
-            f"supported: {', '.join(sorted(ARCHITECTURES))}. Add an entry to langneurons.architectures.ARCHITECTURES."
-        )
+    check_supported_config(AutoConfig.from_pretrained(reference, revision=revision), str(reference))
     model = AutoModelForCausalLM.from_pretrained(
         reference, revision=revision, dtype=getattr(torch, dtype), device_map=device_map
     ).eval()

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from langneurons.conditions import layer_stages
+from langneurons.io import read_parquet
 from langneurons.plotting import (
     PlotInputError,
     plot_ablation_grid,
@@ -51,7 +52,7 @@ def language_ratio_step(
     The layer count is the model's (every layer has a row in the ratio tables).
     """
     _check_outputs(png_path, svg_path)
-    ratios = pd.concat([pd.read_parquet(path) for path in ratio_paths], ignore_index=True)
+    ratios = pd.concat([read_parquet(path) for path in ratio_paths], ignore_index=True)
     if "condition" in ratios and ratios["condition"].nunique() > 1:
         raise PlotInputError(f"language ratio: one condition per figure; got {sorted(ratios['condition'].unique())}")
     n_layers = int(ratios["layer"].max()) + 1
@@ -62,7 +63,7 @@ def language_ratio_step(
 def _n_layers(neurons: pd.DataFrame, summary_path: str | None) -> int:
     """The model's layer count: from the set summary (it has a row for every layer), else the neurons seen."""
     if summary_path is not None:
-        summary = pd.read_parquet(summary_path, columns=["layer"])
+        summary = read_parquet(summary_path, columns=["layer"])
         if not summary.empty:
             return int(summary["layer"].max()) + 1
     if neurons.empty:
@@ -85,7 +86,7 @@ def neuron_counts_step(
     the figure says so instead of failing the run.
     """
     _check_outputs(png_path, svg_path)
-    neurons = pd.read_parquet(neurons_path)
+    neurons = read_parquet(neurons_path)
     if not (neurons["set_kind"] == set_kind).any():
         return save_figure(empty_figure(f"No language has a {set_kind} neuron in this run.", set_kind), png_path)
     n_layers = _n_layers(neurons, summary_path)
@@ -107,13 +108,13 @@ def empty_figure(message: str, set_kind: str) -> Figure:
 def overlap_step(neurons_path: str, set_kind: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
     """Figure 3: Jaccard overlap of the languages' ``set_kind`` sets."""
     _check_outputs(png_path, svg_path)
-    return plot_overlap(pd.read_parquet(neurons_path), png_path, set_kind=set_kind)
+    return plot_overlap(read_parquet(neurons_path), png_path, set_kind=set_kind)
 
 
 def ablation_figure_step(grid_path: str, metric: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
     """Figure 4: the ablation grid for one metric, as the ratio to the unablated model, random controls beside."""
     _check_outputs(png_path, svg_path)
-    grid = pd.read_parquet(grid_path)
+    grid = read_parquet(grid_path)
     return plot_ablation_grid(grid, png_path, metric=metric)
 
 
@@ -131,12 +132,12 @@ def finetune_phases(results: pd.DataFrame) -> pd.DataFrame:
 def finetune_figure_step(results_path: str, metric: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
     """Figure 5: per method and target, the gain on the target language and the mean gain on the others."""
     _check_outputs(png_path, svg_path)
-    phases = finetune_phases(pd.read_parquet(results_path))
+    phases = finetune_phases(read_parquet(results_path))
     return plot_finetune_gains(phases, png_path, metric=metric)
 
 
 def stability_figure_step(stability_path: str, set_kind: str, png_path: str, svg_path: str) -> tuple[Path, Path]:
     """Figure 6: Jaccard of the sets from disjoint halves and from subsamples of the detection documents."""
     _check_outputs(png_path, svg_path)
-    table = pd.read_parquet(stability_path)
+    table = read_parquet(stability_path)
     return plot_stability(table, png_path, title=f"Stability of the {set_kind} neuron sets (mean ± std over draws)")

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from langneurons import corpora, finetuning
-from langneurons.io import write_parquet_atomic
+from langneurons.io import read_parquet, write_parquet_atomic
 from langneurons.selection import language_set
 from langneurons.steps.ablation import evaluate_languages
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
@@ -49,7 +49,7 @@ def finetune_cell_step(
         )
     neurons = pd.DataFrame(columns=["language", "set_kind", "layer", "site", "index"])
     if neurons_path is not None:
-        neurons = language_set(pd.read_parquet(neurons_path), target_language, set_kind)
+        neurons = language_set(read_parquet(neurons_path), target_language, set_kind)
     if neurons.empty and method in ("targeted", "random", "lora"):
         raise ConfigError(
             f"{target_language!r} has no {set_kind!r} neurons to fine-tune; lower selection.rho or change "
@@ -85,4 +85,4 @@ def finetune_cell_step(
 
 def finetune_results_step(table_paths: list[str], out_path: str) -> None:
     """All cells of the fine-tuning grid in one table."""
-    write_parquet_atomic(pd.concat([pd.read_parquet(path) for path in table_paths], ignore_index=True), out_path)
+    write_parquet_atomic(pd.concat([read_parquet(path) for path in table_paths], ignore_index=True), out_path)

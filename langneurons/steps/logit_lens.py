@@ -8,14 +8,13 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from langneurons import corpora
 from langneurons.batching import encode
 from langneurons.conditions import ENGLISH
 from langneurons.interventions import deactivate
-from langneurons.io import atomic_path, provenance, write_parquet_atomic
+from langneurons.io import atomic_path, open_safetensors, provenance, read_parquet, write_parquet_atomic
 from langneurons.logit_lens import (
     TokenLanguages,
     batches_from_texts,
@@ -98,7 +97,7 @@ def token_languages_step(
 
 def load_token_languages(path: str) -> TokenLanguages:
     """The :class:`TokenLanguages` that :func:`token_languages_step` wrote."""
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         metadata = handle.metadata() or {}
         labels = handle.get_tensor("labels")
     return TokenLanguages(tuple(json.loads(metadata["languages"])), labels, source=metadata.get("source", ""))
@@ -144,7 +143,7 @@ def logit_lens_step(
     model, tokenizer = load_configured_model(model_params, model_dir)
     neurons = pd.DataFrame(columns=["layer", "site", "index"])
     if deactivating:
-        neurons = language_set(pd.read_parquet(neurons_path), language, set_kind)
+        neurons = language_set(read_parquet(neurons_path), language, set_kind)
     batches = batches_from_texts(tokenizer, docs["text"].tolist(), settings["batch_size"], settings["max_length"])
     with deactivate(model, neurons):
         ratios = language_ratio(
@@ -173,7 +172,7 @@ def logit_lens_step(
 
 def logit_lens_table_step(paths: Sequence[str], out_path: str) -> pd.DataFrame:
     """Every language's and condition's ratio table in one (``results/<run>/logit_lens/all.parquet``)."""
-    frames = [pd.read_parquet(path) for path in paths]
+    frames = [read_parquet(path) for path in paths]
     for frame in frames:
         frame.attrs = {}
     table = pd.concat(frames, ignore_index=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import pandas as pd
 import torch
 
 from langneurons import corpora
-from langneurons.io import provenance
+from langneurons.io import provenance, read_json
 from langneurons.scorefiles import ScoreShards, write_shard
 from langneurons.scoring import COUNT_OUTPUTS, score_documents
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
@@ -29,7 +28,7 @@ def _corpus_hash(corpus_path: str) -> str | None:
     manifest = Path(corpus_path).with_suffix(".manifest.json")
     if not manifest.exists():
         return None
-    return json.loads(manifest.read_text(encoding="utf-8")).get("sha256")
+    return read_json(manifest).get("sha256")
 
 
 def score_shard_step(
