@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from trained import RANGES, sample_documents, trained_two_language_model
+from trained import RANGES, sample_documents, trained_model
 
 from langneurons import scorefiles
 from langneurons.errors import ConfigError
@@ -78,7 +78,7 @@ def test_shards_read_one_site_at_a_time_as_their_concatenation(tmp_path, monkeyp
             warnings.simplefilter("ignore" if i == 1 else "error")
             write_shard(paths[-1], part, doc_ids, {}, "float16", COUNT_OUTPUTS)
     reads = []
-    real_open = scorefiles.safe_open
+    real_open = scorefiles.open_safetensors
 
     @contextmanager
     def counting_open(*args, **kwargs):
@@ -90,7 +90,7 @@ def test_shards_read_one_site_at_a_time_as_their_concatenation(tmp_path, monkeyp
                 get_tensor=lambda name: reads.append(name) or handle.get_tensor(name),
             )
 
-    monkeypatch.setattr(scorefiles, "safe_open", counting_open)
+    monkeypatch.setattr(scorefiles, "open_safetensors", counting_open)
     shards = ScoreShards(paths)
     assert shards.n_docs == 12 and shards.doc_ids[4] == "s1-0"
     assert set(shards) == {*SITES, "ffn_active", "n_tokens"} and len(shards) == 6
@@ -109,8 +109,8 @@ def test_shards_read_one_site_at_a_time_as_their_concatenation(tmp_path, monkeyp
 
 @pytest.fixture(scope="module")
 def trained_scores() -> dict[str, dict[str, torch.Tensor]]:
-    """PLND scores of a model trained on two synthetic languages: learned, language-dependent structure."""
-    model = trained_two_language_model()
+    """PLND scores of a model trained on three synthetic languages: learned, language-dependent structure."""
+    model = trained_model()
     scores = {}
     for i, language in enumerate(RANGES):
         ids = sample_documents(language, 40, 32, seed=500 + i)
@@ -141,16 +141,20 @@ def test_rounding_changes_a_documents_top_k_only_among_ties_at_its_boundary(trai
 
 @pytest.mark.parametrize("top_k", [0.25, 2000 / 14336], ids=["demo", "7B-fraction"])
 @pytest.mark.parametrize("rho", [1.0, 0.5])
-def test_float16_storage_leaves_the_neuron_sets_unchanged(trained_scores, top_k, rho):
+def test_float16_storage_moves_almost_no_set_member(trained_scores, top_k, rho):
     """On this small trained model, at the demo's top-k and the 7B presets' fraction (2000 of 14336), every
-    set kind and rho tried: float16's 11 bits keep the sets (bfloat16's 8 bits do not). On a real model's
-    longer rows ties are more frequent and about 0.1% of set members move (README, Score storage)."""
+    set kind and rho tried: float16's 11 bits keep all but a few set members (only ties at a document's
+    top-k boundary can move one). On a real model's longer rows about 0.1% of set members move (README,
+    Score storage)."""
     top_k = dict.fromkeys(SITES, top_k)
 
     def sets(dtype):
         counts = {lang: ActivationCounts.from_scores(_stored(s, dtype), top_k) for lang, s in trained_scores.items()}
         return neuron_sets(counts, rho)[["language", "set_kind", "layer", "site", "index"]]
 
-    exact = sets("float32")
+    exact, rounded = sets("float32"), sets("float16")
     assert len(exact) > 20
-    assert exact.equals(sets("float16"))
+    members = [set(map(tuple, table.itertuples(index=False))) for table in (exact, rounded)]
+    moved = len(members[0] ^ members[1])
+    print(f"rho={rho}: {moved} of {len(exact)} set members moved")
+    assert moved <= 0.005 * len(exact)

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from langneurons import corpora, evaluation
-from langneurons.architectures import site_sizes
+from langneurons.architectures import dimensions, site_sizes
 from langneurons.interventions import condition_neurons, deactivate, layer_stages
 from langneurons.io import provenance, read_parquet, write_json_atomic, write_parquet_atomic
 from langneurons.selection import language_set, random_control
@@ -114,7 +114,7 @@ def ablation_cell_step(
     empty = [lang for lang, docs in eval_docs.items() if docs.empty]
     if empty:
         raise ConfigError(f"no eval documents for {empty}: raise corpus.split_sizes.eval")
-    n_layers = model.config.num_hidden_layers
+    n_layers = dimensions(model).n_layers  # the text model's, also when the config nests it (multimodal Gemma-3)
     neurons = pd.DataFrame(columns=["layer", "site", "index"])
     if cell["condition"] != BASELINE:
         neurons = cell_neurons(
