@@ -99,3 +99,13 @@ def library_modules(script: str | Path, package_dir: str | Path) -> list[Path]:
                     found.add(file)
                     queue.append(file)
     return sorted(found)
+
+
+def library_files(script: str | Path, package_dir: str | Path) -> list[Path]:
+    """:func:`library_modules`, plus the C sources of the package's ``native`` kernels when ``native`` is among
+    them: those are compiled at run time, not imported, and change results like a module does."""
+    modules = library_modules(script, package_dir)
+    native = Path(package_dir).resolve() / "native"
+    if native / "__init__.py" in modules:
+        modules += sorted(native.glob("*.c"))
+    return modules

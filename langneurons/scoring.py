@@ -18,8 +18,10 @@ of every layer at once, from quantities the forward pass already produces:
   exactly from two small Gram matrices, so grouped-query attention is exact too.
 - ``attn_q`` / ``attn_k``: the paper measures the change of the attention
   probabilities, Imp_k = || softmax(S - Delta_k) - softmax(S) ||, where Delta_k
-  is the part of the scores that the zeroed dimension contributed. This needs a
-  ``[dims, T, T]`` tensor per head, so it is chunked under ``chunk_bytes``.
+  is the part of the scores that the zeroed dimension contributed. It needs d_head
+  exponentials per attention weight (:mod:`langneurons.attention_change`: a native
+  kernel on CPUs, torch chunked under ``chunk_bytes`` elsewhere); ``qk_mode="fast"``
+  replaces it by its second-order expansion, a few matrix products.
 
 Query/key norms (Gemma-3, Qwen3: per head; OLMo-2: over the whole projection):
 a neuron is a row of the projection, i.e. an input of the norm. Zeroing it
@@ -102,10 +104,12 @@ from langneurons.architectures import (
     projection_path,
     weight_out_in,
 )
+from langneurons.attention_change import check_mode, prob_change_sumsq
 from langneurons.batching import encode, pad_token_id, padded_batches
 
 Method = Literal["paper", "released_code"]
 METHODS: tuple[str, ...] = ("paper", "released_code")
+QkMode = Literal["exact", "fast"]
 #: Per-document LAPE counts that ``score_batch`` returns when asked, next to the PLND sites.
 COUNT_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
 #: Memory for the q/k probability-change work of one chunk. Small on CPUs, so
@@ -113,7 +117,6 @@ COUNT_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
 DEFAULT_CHUNK_BYTES = {"cpu": 2 * 2**20, "accelerator": 256 * 2**20}
 _IMPLEMENTATION = "langneurons_plnd"
 _NEG = torch.finfo(torch.float32).min
-_ROW_BLOCK = 64
 
 
 class NonFiniteScoreError(FloatingPointError):
@@ -129,6 +132,7 @@ class _Batch:
     sites: tuple[str, ...]
     method: str
     chunk_bytes: int
+    qk_mode: str
     scores: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
     _device_cache: dict = field(default_factory=dict)
 
@@ -213,68 +217,6 @@ def _rope_split(
     return pre * cos_full, pre * sin_signed, partner
 
 
-def _prob_change_sumsq(
-    raw: torch.Tensor,
-    bias: torch.Tensor,
-    probs: torch.Tensor,
-    left: torch.Tensor | None,
-    right: torch.Tensor | None,
-    delta_scale: float,
-    softcap: float | None,
-    chunk_bytes: int,
-    row_scale: torch.Tensor | None = None,
-    column_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Sum of squared changes of one document's attention probabilities, per removed dimension.
-
-    ``raw``/``probs``: [H, n, n] pre-softcap scores and probabilities; ``bias``:
-    [1|H, n, n]. Removing dimension d of head h turns the scores into
-
-        softcap(row_scale[h, d, t] * column_scale[h, d, s] * (raw[h, t, s] - delta_scale * Delta[t, s])) + bias
-
-    with ``Delta[t, s] = left[h, d, t, :] . right[h, d, :, s]`` (a rank-2 update: the
-    dimension and its rotary partner). The scales are how a query/key norm over
-    the projection rescales the whole vector when one of its inputs is zeroed
-    (``None``: 1). ``left``/``right`` may be ``None`` (no Delta: only the scales
-    change the scores); the number of dimensions then comes from the scales.
-    Returns [H, D].
-    """
-    reference = next(x for x in (left, row_scale, column_scale) if x is not None)
-    n_heads, n_dims, n = reference.shape[0], reference.shape[1], raw.shape[-1]
-    # ~3 float32 [row block, n] temporaries per dimension
-    chunk = max(1, min(n_dims, chunk_bytes // (3 * min(n, _ROW_BLOCK) * n * 4)))
-    # Attention is causal: query rows before t1 never see keys from t1 on, so
-    # row block [t0, t1) needs only key columns [0, t1): about 40% less work.
-    blocks = [(t0, min(n, t0 + _ROW_BLOCK)) for t0 in range(0, n, _ROW_BLOCK)]
-    plain = softcap is None and row_scale is None and column_scale is None and left is not None
-    out = torch.zeros(n_heads, n_dims, device=raw.device)
-    for head in range(n_heads):
-        head_bias = bias[head if bias.shape[0] > 1 else 0]
-        for start in range(0, n_dims, chunk):
-            dims_ = slice(start, min(n_dims, start + chunk))
-            for t0, t1 in blocks:
-                rows, cols = slice(t0, t1), slice(0, t1)
-                if plain:
-                    # one fused pass: logits - delta_scale * (left @ right)
-                    logits = raw[head, rows, cols] + head_bias[rows, cols]
-                    scores = torch.baddbmm(
-                        logits, left[head, dims_, rows], right[head, dims_, :, cols], alpha=-delta_scale
-                    )
-                else:
-                    scores = raw[head, rows, cols].expand(dims_.stop - start, -1, -1)
-                    if left is not None:
-                        delta = torch.bmm(left[head, dims_, rows], right[head, dims_, :, cols])
-                        scores = scores - delta_scale * delta
-                    if row_scale is not None:
-                        scores = scores * row_scale[head, dims_, rows, None]
-                    if column_scale is not None:
-                        scores = scores * column_scale[head, dims_, None, cols]
-                    scores = _softcap(scores, softcap) + head_bias[rows, cols]
-                changed = torch.softmax(scores, dim=-1).sub_(probs[head, rows, cols])
-                out[head, dims_] += changed.square_().sum(dim=(1, 2))
-    return out
-
-
 def _norm_scales(norm: _QkNorm, site: str, b: int, pos: torch.Tensor, dims: Dimensions) -> torch.Tensor:
     """Per token and pre-norm input j of document ``b``: how an RMSNorm rescales the rest of its vector.
 
@@ -305,7 +247,7 @@ def _qk_sumsq(
 ) -> torch.Tensor:
     """Squared probability change of one document per query or key neuron, ``[site size]``.
 
-    ``kernel`` is :func:`_prob_change_sumsq` bound to the document's scores;
+    ``kernel`` is :func:`~langneurons.attention_change.prob_change_sumsq` bound to the document's scores;
     ``left``/``right`` remove the neuron's rotated component. A key neuron
     changes every query head that reads its kv head. ``scale`` ([n, site
     size], see :func:`_norm_scales`): a query/key norm rescales the neuron's
@@ -376,7 +318,7 @@ def _attention_scores(
     if wanted_qk:
         per_doc = {s: [] for s in wanted_qk}
         delta_scale = 1.0 if released else scaling
-        common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes)
+        common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes, mode=batch.qk_mode)
         norm = None if released else state.qk_norm
         for b in range(batch_size):
             pos = positions[b]
@@ -391,7 +333,7 @@ def _attention_scores(
             rows = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 1, 3)  # noqa: E731
             columns = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 3, 1)  # noqa: E731
             scales = {} if norm is None else {site: _norm_scales(norm, site, b, pos, dims) for site in per_doc}
-            kernel = partial(_prob_change_sumsq, raw_b, bias_b, probs_b, **common)
+            kernel = partial(prob_change_sumsq, raw_b, bias_b, probs_b, **common)
             if "attn_q" in per_doc:
                 left, right = rows(q_own, q_other), columns(k_b, k_b[..., partner])
                 per_doc["attn_q"].append(_qk_sumsq("attn_q", kernel, left, right, scales.get("attn_q"), norm, dims))
@@ -582,7 +524,9 @@ def _register_active_capture(stack: ExitStack, model: nn.Module, arch: Architect
         stack.callback(handle.remove)
 
 
-def _validate(sites: Sequence[str], method: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+def _validate(
+    sites: Sequence[str], method: str, qk_mode: str, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> None:
     unknown = [s for s in sites if s not in SITES + COUNT_OUTPUTS]
     if unknown or not sites:
         raise ValueError(
@@ -591,6 +535,7 @@ def _validate(sites: Sequence[str], method: str, input_ids: torch.Tensor, attent
         )
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; use 'paper' (the default) or 'released_code'")
+    check_mode(qk_mode)
     check_batch(input_ids, attention_mask)
 
 
@@ -601,6 +546,7 @@ def score_batch(
     sites: Sequence[str] = SITES,
     method: Method = "paper",
     chunk_bytes: int | None = None,
+    qk_mode: QkMode = "exact",
 ) -> dict[str, torch.Tensor]:
     """PLND importance of every neuron for every document of a padded batch.
 
@@ -610,12 +556,14 @@ def score_batch(
     intermediate_size]`` counts of tokens with activation > 0) and ``n_tokens``
     (int64 ``[batch]``), captured in the same forward pass. ``chunk_bytes`` bounds the memory of the
     q/k probability-change work per chunk (default: :data:`DEFAULT_CHUNK_BYTES`
-    for the model's device). Either padding side works; the
+    for the model's device). ``qk_mode="fast"`` scores ``attn_q``/``attn_k`` with the
+    second-order expansion of the probability change instead of computing it exactly
+    (:mod:`langneurons.attention_change` states its error bound). Either padding side works; the
     scores do not depend on it nor on the batch size. Raises
     :class:`NonFiniteScoreError` if any score is NaN or infinite.
     """
     sites = tuple(sites)
-    _validate(sites, method, input_ids, attention_mask)
+    _validate(sites, method, qk_mode, input_ids, attention_mask)
     arch = get_architecture(model)
     dims = dimensions(model)
     if chunk_bytes is None:
@@ -627,6 +575,7 @@ def score_batch(
         sites=sites,
         method=method,
         chunk_bytes=int(chunk_bytes),
+        qk_mode=qk_mode,
         scores={site: [None] * dims.n_layers for site in sites if site != "n_tokens"},
     )
     # Scores need the decoder stack only: the unembedding (most of a small multilingual model) never runs.
@@ -675,6 +624,7 @@ def score_documents(
     max_length: int = 512,
     chunk_bytes: int | None = None,
     progress: bool = True,
+    qk_mode: QkMode = "exact",
 ) -> dict[str, torch.Tensor]:
     """PLND scores of whole documents, ``{site: [n_docs, n_layers, site_size]}`` in input order.
 
@@ -700,7 +650,9 @@ def score_documents(
         total=-(-len(encoded) // batch_size), desc="PLND scoring", unit="batch", disable=not progress,
     )  # fmt: skip
     for rows, input_ids, attention_mask in batches:
-        scores = score_batch(model, input_ids, attention_mask, sites=sites, method=method, chunk_bytes=chunk_bytes)
+        scores = score_batch(
+            model, input_ids, attention_mask, sites=sites, method=method, chunk_bytes=chunk_bytes, qk_mode=qk_mode
+        )
         order += rows
         for site in sites:
             parts[site].append(scores[site])

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from langneurons.conditions import CONDITIONS, deactivated_condition, token_language_names
-from langneurons.imports import library_modules
+from langneurons.imports import library_files
 
 WORKFLOW_DIR = Path(workflow.basedir)
 LIBRARY = WORKFLOW_DIR / "langneurons"
@@ -57,9 +57,9 @@ def canonical(value):
 
 
 def library_of(script):
-    """The library modules ``workflow_scripts/<script>`` runs, read from its imports: as inputs, so that
-    editing one reruns the jobs that run it."""
-    return [str(path) for path in library_modules(SCRIPTS / script, LIBRARY)]
+    """The library files ``workflow_scripts/<script>`` runs (its modules, read from its imports, and the C
+    sources they compile): as inputs, so that editing one reruns the jobs that run it."""
+    return [str(path) for path in library_files(SCRIPTS / script, LIBRARY)]
 
 
 def model_dir():

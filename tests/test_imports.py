@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from langneurons.imports import ImportWalkError, library_modules
+from langneurons.imports import ImportWalkError, library_files, library_modules
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = REPO / "langneurons"
@@ -118,6 +118,14 @@ def test_a_rule_lists_every_module_its_script_loads(script, runtime_modules):
 def test_the_logit_lens_rule_lists_the_selection_module():
     # it takes each language's set with selection.language_set; a hand-written list once missed it
     assert LIBRARY / "selection.py" in library_modules(REPO / "workflow_scripts" / "logit_lens.py", LIBRARY)
+
+
+def test_the_scoring_rule_lists_the_native_kernel_source_and_corpus_sampling_does_not():
+    # compiled at run time by langneurons.native, so no import statement names it
+    kernel = LIBRARY / "native" / "prob_change.c"
+    assert kernel.is_file()
+    assert kernel in library_files(REPO / "workflow_scripts" / "score_shard.py", LIBRARY)
+    assert kernel not in library_files(REPO / "workflow_scripts" / "sample_corpus.py", LIBRARY)
 
 
 def test_corpus_sampling_does_not_depend_on_the_models():

@@ -354,6 +354,11 @@ def test_a_new_storage_dtype_rescores(workflow):
     assert rules_of(jobs)["score_shard"] == 6 and rules_of(jobs)["count_activations"] == 3
 
 
+def test_fast_qk_mode_rescores(workflow):
+    jobs = workflow.planned(config=workflow.config_file("fast.yaml", scoring__qk_mode="fast"))
+    assert rules_of(jobs)["score_shard"] == 6 and rules_of(jobs)["count_activations"] == 3
+
+
 def test_the_workflow_is_lint_clean(workflow):
     done = workflow.run("--lint")
     assert "Lints for" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]

@@ -61,6 +61,7 @@ def score_shard_step(
         batch_size=scoring["batch_size"],
         max_length=scoring["max_length"],
         chunk_bytes=scoring.get("chunk_bytes"),
+        qk_mode=scoring.get("qk_mode", "exact"),
     )
     record = provenance(
         {"scoring": dict(scoring), "shard": shard, "n_shards": n_shards},
