@@ -20,7 +20,8 @@ import hashlib
 import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ from langneurons.io import CONVERSION_RECORD, atomic_dir, provenance, sha256_fil
 
 __all__ = [
     "GGUF_MAGIC",
+    "DamagedGGUFError",
     "GGUFSource",
     "cached_model_fingerprint",
     "convert_gguf",
@@ -156,12 +158,33 @@ def load_gguf(path: str | os.PathLike, dtype: Any = None, device_map: str | dict
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
     directory, name = str(path.parent), path.name
-    check_supported_config(AutoConfig.from_pretrained(directory, gguf_file=name), str(path))
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=dtype or torch.float32, device_map=device_map
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    with _reading_gguf(path):
+        config = AutoConfig.from_pretrained(directory, gguf_file=name)
+    check_supported_config(config, str(path))
+    with _reading_gguf(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, dtype=dtype or torch.float32, device_map=device_map
+        ).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     return model, tokenizer
+
+
+class DamagedGGUFError(ValueError):
+    """A GGUF file whose header is fine but whose content cannot be read (truncated, damaged)."""
+
+
+@contextmanager
+def _reading_gguf(path: Path) -> Iterator[None]:
+    """Name the file, its size and the fix when the GGUF reader fails inside transformers (a truncated file
+    fails there with a bare ``cannot reshape array``)."""
+    try:
+        yield
+    except (ValueError, OSError, EOFError, IndexError) as error:
+        raise DamagedGGUFError(
+            f"GGUF file {str(path)!r} ({path.stat().st_size} bytes) cannot be read ({type(error).__name__}: {error}); "
+            "a truncated or damaged file reads so. Download or export it again (compare its size and SHA-256 with "
+            "the source's)."
+        ) from error
 
 
 def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, source: Mapping[str, Any] | None = None) -> dict:

@@ -18,6 +18,7 @@ from langneurons import config as config_module
 from langneurons import models, score_batch
 from langneurons.config import check_model_reference
 from langneurons.models import (
+    DamagedGGUFError,
     GGUFSource,
     cached_model_fingerprint,
     convert_gguf,
@@ -70,6 +71,17 @@ def test_gguf_loads_converts_and_scores_like_the_model_it_was_written_from(tmp_p
     for site, scores in _scores(converted).items():
         torch.testing.assert_close(scores, expected[site], rtol=0, atol=0, msg=site)
     assert converted_tokenizer("~abc")["input_ids"] == _expected_ids("~abc")
+
+
+def test_a_truncated_gguf_fails_naming_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "tiny-f32.gguf"
+    save_tiny_gguf(path, tiny_model("llama"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    message = rf"GGUF file '.*tiny-f32.gguf' \({len(data) // 2} bytes\) cannot be read .*a truncated or damaged file"
+    with pytest.raises(DamagedGGUFError, match=message):
+        convert_gguf(path, tmp_path / "converted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-f32.gguf"], "nothing half-written"
 
 
 def test_gguf_without_the_optional_package_names_the_extra(tmp_path, monkeypatch):
