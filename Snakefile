@@ -39,6 +39,7 @@ check_config(config)
 include: "rules/common.smk"
 include: "rules/corpus.smk"
 include: "rules/demo_model.smk"
+include: "rules/model.smk"
 include: "rules/scoring.smk"
 include: "rules/neurons.smk"
 include: "rules/logit_lens.smk"

@@ -20,7 +20,14 @@ from typing import Any
 import yaml
 
 from langneurons.errors import ConfigError
-from langneurons.models import GGUF_MAGIC, GGUFSource, gguf_source, looks_like_local_path, package_installed
+from langneurons.models import (
+    GGUF_EXTRA,
+    GGUF_MAGIC,
+    GGUFSource,
+    gguf_source,
+    looks_like_local_path,
+    package_installed,
+)
 
 #: Settings that cannot change a result, and moved out of the sections whose values are job parameters:
 #: old key -> new key. A configuration that still sets an old key is refused with the new place.
@@ -125,8 +132,11 @@ def _check_languages(config: Mapping[str, Any]) -> None:
                 f"languages {missing} are not in model.demo_languages {model['demo_languages']}: the demo model "
                 "would not know them. Add them to model.demo_languages (this retrains the demo model)."
             )
-    elif not model["id"]:
-        raise ConfigError("model.id is empty while model.demo is false: set a hub id or a local path")
+    elif not (model["id"] or model["gguf_file"] or model["gguf_package"]):
+        raise ConfigError(
+            "model.id is empty while model.demo is false: set a hub id or a local path (or a GGUF: model.gguf_file "
+            "or model.gguf_package)"
+        )
 
 
 def _check_targets(config: Mapping[str, Any]) -> None:
@@ -189,11 +199,24 @@ def check_model_reference(model_config: Mapping[str, Any]) -> None:
     ``model.id`` counts as a local path when it cannot be a hub id (see
     :func:`langneurons.models.looks_like_local_path`); then it must be a folder holding a
     ``config.json``. A configured GGUF must be an existing GGUF file (unless it sits in a hub
-    repository), and ``model.gguf_package`` must be installed.
+    repository), and ``model.gguf_package`` must be installed. The demo model takes none of them.
     """
-    if model_config.get("demo"):
-        return
     reference = str(model_config.get("id") or "")
+    ggufs = {key: model_config.get(key) for key in ("gguf_file", "gguf_package") if model_config.get(key)}
+    if model_config.get("demo"):
+        chosen = {key: model_config.get(key) for key in ("id", "gguf_file", "gguf_package") if model_config.get(key)}
+        if chosen:
+            key, value = next(iter(chosen.items()))
+            raise ConfigError(
+                f"model.{key}={value!r} is set, but model.demo is true, so the demo model would be trained and "
+                f"analysed instead: set model.demo: false to analyse model.{key}, or remove it"
+            )
+        return
+    if len(ggufs) == 2:
+        raise ConfigError(
+            f"model.gguf_file={ggufs['gguf_file']!r} and model.gguf_package={ggufs['gguf_package']!r} are both set: "
+            "the package's assemble() gives its own file. Keep one of the two."
+        )
     source = gguf_source(model_config)
     if source is not None:
         _check_gguf_source(source, model_config)
@@ -220,6 +243,15 @@ def check_model_reference(model_config: Mapping[str, Any]) -> None:
         )
 
 
+def _gguf_reader_versions() -> tuple[int, ...] | None:
+    """The GGUF versions the installed ``gguf`` package reads (transformers reads GGUF with it); None without it."""
+    try:
+        from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
+    except ImportError:
+        return None
+    return tuple(READER_SUPPORTED_VERSIONS)
+
+
 def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> None:
     if source.kind == "package":
         if not package_installed(source.where):
@@ -227,12 +259,18 @@ def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> N
                 f"model.gguf_package={source.where!r} is not installed: pip install {source.where} "
                 "(or remove model.gguf_package and set model.gguf_file to the .gguf path)"
             )
+        field = f"model.gguf_package={source.where!r}"
+    else:
+        field = f"model.gguf_file={model_config['gguf_file']!r}"
+        if model_config.get("id") and source.where != os.path.expanduser(str(model_config["gguf_file"])):
+            field += f" (in model.id={model_config['id']!r})"
+    versions = _gguf_reader_versions()
+    if versions is None:
+        raise ConfigError(
+            f"{field}: reading a GGUF needs the optional package gguf, which is not installed: {GGUF_EXTRA}"
+        )
+    if source.kind != "path":  # a package's file is checked by its assemble(); a hub file is downloaded later
         return
-    if source.kind == "hub":  # the file is downloaded when the model is prepared
-        return
-    field = f"model.gguf_file={model_config['gguf_file']!r}"
-    if model_config.get("id") and source.where != os.path.expanduser(str(model_config["gguf_file"])):
-        field += f" (in model.id={model_config['id']!r})"
     path = Path(source.where)
     if not path.is_file():
         raise ConfigError(
@@ -240,13 +278,44 @@ def _check_gguf_source(source: GGUFSource, model_config: Mapping[str, Any]) -> N
             "the folder model.id."
         )
     with open(path, "rb") as handle:
-        magic = handle.read(len(GGUF_MAGIC))
-    if magic != GGUF_MAGIC:
+        header = handle.read(len(GGUF_MAGIC) + 4)
+    if header[: len(GGUF_MAGIC)] != GGUF_MAGIC:
         raise ConfigError(f"{field}: {str(path)!r} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+    version = header[len(GGUF_MAGIC) :]
+    if not {int.from_bytes(version, "little"), int.from_bytes(version, "big")} & set(versions):
+        raise ConfigError(
+            f"{field}: {str(path)!r} is a GGUF file of version {int.from_bytes(version, 'little')} (or damaged); the "
+            f"installed gguf package reads versions {', '.join(map(str, versions))}. Re-export the file with a current "
+            "llama.cpp, or upgrade gguf."
+        )
+
+
+def _check_model(config: Mapping[str, Any]) -> None:
+    check_model_reference(config["model"])
+
+
+def _check_corpus_files(config: Mapping[str, Any]) -> None:
+    """The files source's files exist, with a known format, for every language a job samples."""
+    from langneurons import corpora
+
+    model = config["model"]
+    sampled = dict.fromkeys([*config["languages"], *(model["demo_languages"] if model["demo"] else [])])
+    try:
+        corpora.check_source_files(config["corpus"]["source"], list(sampled))
+    except corpora.CorpusError as error:
+        raise ConfigError(f"corpus.{error}") from None
 
 
 #: Every check, in the order they run.
-CHECKS = (_check_languages, _check_targets, _check_detectors, _check_set_kinds, _check_document_counts)
+CHECKS = (
+    _check_languages,
+    _check_model,
+    _check_corpus_files,
+    _check_targets,
+    _check_detectors,
+    _check_set_kinds,
+    _check_document_counts,
+)
 
 
 def check_config(config: Mapping[str, Any]) -> None:

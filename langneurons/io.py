@@ -53,6 +53,9 @@ __all__ = [
     "write_parquet_atomic",
 ]
 
+#: The provenance record inside a model folder converted from a GGUF (:func:`langneurons.models.convert_gguf`); every
+#: result of that model copies its GGUF entry.
+CONVERSION_RECORD = "conversion.json"
 #: Packages whose versions every provenance record carries.
 PROVENANCE_PACKAGES = (
     "langneurons", "torch", "transformers", "tokenizers", "datasets", "pandas", "pyarrow", "gguf", "accelerate",

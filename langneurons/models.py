@@ -5,8 +5,10 @@
   every tensor (about a minute for a 270M model on 2 cores). :func:`convert_gguf` does that
   once and writes a plain ``save_pretrained`` folder that later loads in seconds, with a
   provenance record of the GGUF's SHA-256.
-- A local model folder is identified by :func:`model_fingerprint`, the SHA-256 of every file
-  ``from_pretrained`` can read there, so that a model replaced in place is noticed.
+- A local model (a folder, or a GGUF file: :func:`local_model_source`) is identified by
+  :func:`model_fingerprint`, the SHA-256 of every file ``from_pretrained`` can read there, so that
+  a model replaced in place is noticed. :func:`cached_model_fingerprint` keeps the hashes by file
+  stat, so that planning a run re-reads only files that were touched.
 
 Importing this module imports neither torch nor transformers: the path helpers run while the
 workflow is parsed.
@@ -16,30 +18,34 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from langneurons.io import atomic_dir, provenance, sha256_file, write_json_atomic
+from langneurons.io import CONVERSION_RECORD, atomic_dir, provenance, sha256_file, write_json_atomic
 
 __all__ = [
     "GGUF_MAGIC",
+    "DamagedGGUFError",
     "GGUFSource",
+    "cached_model_fingerprint",
     "convert_gguf",
     "gguf_source",
     "load_gguf",
+    "local_model_source",
     "model_fingerprint",
+    "package_version",
     "resolve_gguf",
     "write_model_fingerprint",
 ]
 
 #: The first four bytes of every GGUF file.
 GGUF_MAGIC = b"GGUF"
-#: The record :func:`convert_gguf` writes into the converted folder.
-CONVERSION_RECORD = "conversion.json"
 #: ``pip install`` target that brings the optional GGUF reader.
 GGUF_EXTRA = 'pip install -e ".[gguf]"  (or: pip install gguf)'
 
@@ -152,12 +158,33 @@ def load_gguf(path: str | os.PathLike, dtype: Any = None, device_map: str | dict
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
     directory, name = str(path.parent), path.name
-    check_supported_config(AutoConfig.from_pretrained(directory, gguf_file=name), str(path))
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=dtype or torch.float32, device_map=device_map
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    with _reading_gguf(path):
+        config = AutoConfig.from_pretrained(directory, gguf_file=name)
+    check_supported_config(config, str(path))
+    with _reading_gguf(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, dtype=dtype or torch.float32, device_map=device_map
+        ).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     return model, tokenizer
+
+
+class DamagedGGUFError(ValueError):
+    """A GGUF file whose header is fine but whose content cannot be read (truncated, damaged)."""
+
+
+@contextmanager
+def _reading_gguf(path: Path) -> Iterator[None]:
+    """Name the file, its size and the fix when the GGUF reader fails inside transformers (a truncated file
+    fails there with a bare ``cannot reshape array``)."""
+    try:
+        yield
+    except (ValueError, OSError, EOFError, IndexError) as error:
+        raise DamagedGGUFError(
+            f"GGUF file {str(path)!r} ({path.stat().st_size} bytes) cannot be read ({type(error).__name__}: {error}); "
+            "a truncated or damaged file reads so. Download or export it again (compare its size and SHA-256 with "
+            "the source's)."
+        ) from error
 
 
 def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, source: Mapping[str, Any] | None = None) -> dict:
@@ -184,32 +211,97 @@ def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, source: Ma
     return record
 
 
-def _model_files(directory: Path) -> list[Path]:
-    """The files ``from_pretrained`` may read in a model folder: every visible top-level file.
+def local_model_source(model_config: Mapping[str, Any]) -> Path | None:
+    """The local file or folder whose content is the configured model: a GGUF file, or a model folder.
+
+    None when the model is not read from local files the user may change: the demo model (the
+    workflow trains it), a hub id (pinned by ``model.revision``), a GGUF in a hub repository or a
+    package (pinned by the package's version).
+    """
+    if model_config.get("demo"):
+        return None
+    source = gguf_source(model_config)
+    if source is not None:
+        return Path(source.where) if source.kind == "path" else None
+    reference = str(model_config.get("id") or "")
+    if reference and looks_like_local_path(reference):
+        return Path(reference).expanduser()
+    return None
+
+
+def package_version(package: str) -> str:
+    """The installed version of the distribution ``package`` (read from metadata; nothing is imported)."""
+    return metadata.version(package)
+
+
+def _model_files(path: Path) -> list[Path]:
+    """The files a model is read from: a GGUF file itself, or every visible top-level file of a model folder.
 
     Subfolders (training checkpoints, caches) are never read when loading the folder itself.
     """
-    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    if path.is_file():
+        return [path]
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{str(path)!r} holds no config.json: it is not a model folder")
+    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def model_fingerprint(directory: str | os.PathLike) -> dict[str, Any]:
-    """The content identity of a local model folder: per file its size and SHA-256, and one SHA-256 over them.
+def _combined(files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The fingerprint record of per-file sizes and hashes: one SHA-256 over all of them, and the files."""
+    combined = hashlib.sha256()
+    for name in sorted(files):
+        combined.update(f"{name}\0{files[name]['size']}\0{files[name]['sha256']}\n".encode())
+    return {"sha256": combined.hexdigest(), "files": {name: dict(files[name]) for name in sorted(files)}}
+
+
+def model_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """The content identity of a local model (a folder, or a GGUF file): per file its size and SHA-256, and one
+    SHA-256 over them.
 
     Nothing else (no path, no time stamp) enters it, so the same model gives the same record
     wherever it lies, and any changed byte of a weight, config or tokenizer file changes it.
     """
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{str(directory)!r} holds no config.json: it is not a model folder")
-    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _model_files(directory)}
-    combined = hashlib.sha256()
-    for name, entry in files.items():
-        combined.update(f"{name}\0{entry['size']}\0{entry['sha256']}\n".encode())
-    return {"sha256": combined.hexdigest(), "files": files}
+    files = _model_files(Path(path))
+    return _combined({p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files})
 
 
-def write_model_fingerprint(directory: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
+def _stat_key(path: Path) -> list[int]:
+    """What changes whenever a file's content may have: size, modification and change times, inode."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def cached_model_fingerprint(path: str | os.PathLike, cache_path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`model_fingerprint`, hashing only the files whose size, times or inode changed since the last call.
+
+    ``cache_path`` keeps each file's hash with its stat key (rewritten, atomically, when a key
+    changed), so that planning a run stats the model's files instead of reading gigabytes. A
+    touched or copied file is hashed again; its fingerprint stays the same if its bytes did. The
+    key holds the inode, so another folder's files (or a file replaced by a rename) are read.
+    """
+    path = Path(path)
+    cache_path = Path(cache_path)
+    try:
+        known = json.loads(cache_path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    files = {}
+    for file in _model_files(path):
+        key = _stat_key(file)  # before hashing: a file written meanwhile is hashed again next time
+        entry = known.get(file.name)
+        if isinstance(entry, dict) and entry.get("stat") == key and "sha256" in entry:
+            files[file.name] = entry
+        else:
+            files[file.name] = {"size": key[0], "sha256": sha256_file(file), "stat": key}
+    if files != known:
+        write_json_atomic({"files": files}, cache_path)
+    return _combined({name: {"size": entry["size"], "sha256": entry["sha256"]} for name, entry in files.items()})
+
+
+def write_model_fingerprint(path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
     """Write :func:`model_fingerprint` as JSON, atomically; returns it."""
-    record = model_fingerprint(directory)
+    record = model_fingerprint(path)
     write_json_atomic(record, out_path)
     return record

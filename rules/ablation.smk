@@ -15,6 +15,7 @@ rule ablation_cell:
         # the baseline deactivates nothing, so it does not wait for (or rerun with) the sets
         neurons=lambda w: [] if w.condition == "none" else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
+        model_fingerprint=model_fingerprint(),
         code=library_of("ablation_cell.py"),
     output:
         cell=f"{RESULTS}/ablation/cells/{{condition}}/{{detector}}/{{set_kind}}/{{target}}/{{control}}.parquet",

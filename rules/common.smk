@@ -7,6 +7,7 @@ from pathlib import Path
 
 from langneurons.conditions import CONDITIONS, deactivated_condition, token_language_names
 from langneurons.imports import library_files
+from langneurons.models import cached_model_fingerprint, gguf_source, local_model_source, package_version
 
 WORKFLOW_DIR = Path(workflow.basedir)
 LIBRARY = WORKFLOW_DIR / "langneurons"
@@ -62,14 +63,55 @@ def library_of(script):
     return [str(path) for path in library_files(SCRIPTS / script, LIBRARY)]
 
 
+# ---- the analysed model ---------------------------------------------------------------------------
+
+MODEL = config["model"]
+# a configured GGUF, converted once into CONVERTED_MODEL (None for the demo model and plain models)
+GGUF = None if MODEL["demo"] else gguf_source(MODEL)
+CONVERTED_MODEL = f"{RESULTS}/converted_model"
+# the local folder or GGUF file the model is read from (None: trained here, or pinned by a revision or a package
+# version), its content fingerprint's record, and that fingerprint now (planning stats the files, and hashes only
+# those whose stat changed since the cache was written)
+LOCAL_MODEL = local_model_source(MODEL)
+MODEL_FINGERPRINT = f"{RESULTS}/model_fingerprint.json"
+LOCAL_MODEL_SHA256 = (
+    cached_model_fingerprint(LOCAL_MODEL, f"{RESULTS}/model_fingerprint.stat-cache.json")["sha256"]
+    if LOCAL_MODEL is not None
+    else None
+)
+
+
 def model_dir():
-    """The demo model's directory when the run trains it; nothing when it loads a hub model."""
-    return [f"{RESULTS}/model"] if config["model"]["demo"] else []
+    """The model folder the workflow makes and the model jobs load: the trained demo model, or the configured GGUF
+    converted once; nothing when the jobs load model.id itself (a hub id or a local folder)."""
+    if MODEL["demo"]:
+        return [f"{RESULTS}/model"]
+    return [CONVERTED_MODEL] if GGUF is not None else []
+
+
+def model_fingerprint():
+    """The fingerprint record of a local model folder that the model jobs load, as their input: a new one (a
+    changed model) reruns them. A local GGUF's record is an input of prepare_model instead."""
+    return [MODEL_FINGERPRINT] if LOCAL_MODEL is not None and GGUF is None else []
+
+
+def gguf_fingerprint():
+    """The fingerprint record of a local GGUF file, as prepare_model's input."""
+    return [MODEL_FINGERPRINT] if LOCAL_MODEL is not None and GGUF is not None else []
+
+
+def gguf_params():
+    """What identifies the configured GGUF, and the version of the package that ships it (a new version
+    reconverts; its assemble() checks the file against the version's checksums)."""
+    keys = {key: MODEL[key] for key in ("id", "revision", "gguf_file", "gguf_package")}
+    if GGUF is not None and GGUF.kind == "package":
+        keys["gguf_package_version"] = package_version(GGUF.where)
+    return canonical(keys)
 
 
 def model_params():
     """What identifies the analysed model (its placement, execution.device_map, is not a parameter)."""
-    return canonical(config["model"])
+    return canonical(MODEL)
 
 
 # ---- resources: read from config["resources"]; never job parameters ------------------------------

@@ -14,6 +14,7 @@ rule finetune_cell:
         # full fine-tuning and "none" use no neuron set, so they do not rerun when the sets change
         neurons=lambda w: [] if w.method in ("full", "none") else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
+        model_fingerprint=model_fingerprint(),
         code=library_of("finetune_cell.py"),
     output:
         artefact=directory(f"{RESULTS}/finetune/{{target}}/{{method}}"),

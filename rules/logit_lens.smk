@@ -16,12 +16,13 @@ rule token_languages:
     input:
         corpora=expand(f"{RESULTS}/corpus/{{language}}.parquet", language=TOKEN_LANGUAGES),
         model=model_dir(),
+        model_fingerprint=model_fingerprint(),
         code=library_of("token_languages.py"),
     output:
         f"{RESULTS}/logit_lens/token_languages.safetensors",
     params:
         languages=TOKEN_LANGUAGES,
-        tokenizer=canonical({key: config["model"][key] for key in ("demo", "id", "revision")}),
+        tokenizer=canonical({key: MODEL[key] for key in ("demo", "id", "revision", "gguf_file", "gguf_package")}),
         splits=LENS["token_splits"],
         token_ratio=LENS["token_ratio"],
         min_count=LENS["min_count"],
@@ -42,6 +43,7 @@ rule logit_lens:
         tokens=rules.token_languages.output[0],
         neurons=lambda wildcards: [] if wildcards.condition == "none" else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
+        model_fingerprint=model_fingerprint(),
         code=library_of("logit_lens.py"),
     output:
         f"{RESULTS}/logit_lens/{{condition}}/{{language}}.parquet",

@@ -8,6 +8,7 @@ rule score_shard:
     input:
         corpus=f"{RESULTS}/corpus/{{language}}.parquet",
         model=model_dir(),
+        model_fingerprint=model_fingerprint(),
         code=library_of("score_shard.py"),
     output:
         f"{RESULTS}/scores/{{language}}/shard{{shard}}-of-{SHARDS}.safetensors",

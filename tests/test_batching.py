@@ -97,3 +97,52 @@ def test_pad_token_id_falls_back_to_eos_then_zero():
     assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=[7, 8])) == 7  # configs may list several
     assert pad_token_id(SimpleNamespace()) == 0
     assert pad_token_id(None) == 0
+
+
+#: A document far longer than the tokenizer's model_max_length (16 below), one token per character.
+LONG_DOCUMENT = "a long document, " * 40
+
+
+def _run_path(path: str, model, tok):
+    from langneurons.evaluation.generation import greedy_generate
+    from langneurons.evaluation.scoring import document_nll, score_continuations
+    from langneurons.evaluation.tasks import _fit_prompt
+    from langneurons.finetuning import tokenize_documents
+    from langneurons.logit_lens import batches_from_texts
+    from langneurons.scoring import score_documents
+    from langneurons.steps.logit_lens import corpus_token_counts
+
+    docs = [LONG_DOCUMENT, "short"]
+    runs = {
+        "plnd scoring": lambda: score_documents(model, tok, docs, sites=["ffn"], max_length=32, progress=False),
+        "perplexity": lambda: document_nll(model, tok, docs, max_length=32, progress=False),
+        "continuations": lambda: score_continuations(
+            model, tok, docs, [["yes", LONG_DOCUMENT], ["a", "b"]], max_length=32, progress=False
+        ),
+        "generation": lambda: greedy_generate(model, tok, docs, max_new_tokens=2, max_prompt_tokens=24, progress=False),
+        "task prompt": lambda: _fit_prompt(tok, "Read: {body} Answer:", "body", {"body": LONG_DOCUMENT}, 24),
+        "fine-tuning": lambda: tokenize_documents(docs, tok, 32),
+        "logit lens": lambda: list(batches_from_texts(tok, docs, batch_size=2, max_length=32)),
+        "token counts": lambda: corpus_token_counts(tok, docs, model.config.vocab_size),
+    }
+    return runs[path]()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "plnd scoring", "perplexity", "continuations", "generation", "task prompt", "fine-tuning", "logit lens",
+        "token counts",
+    ],
+)  # fmt: skip
+def test_no_step_warns_that_a_long_document_exceeds_the_model(path):
+    """transformers' "Token indices sequence length is longer than the specified maximum" never appears: every
+    path cuts a long text by truncation, or encodes it in full on purpose with the warning off."""
+    warned = "sequence-length-is-longer-than-the-specified-maximum"
+    tok = char_tokenizer()
+    tok.model_max_length = 16
+    model = tiny_model("llama")
+    _run_path(path, model, tok)
+    assert warned not in tok.deprecation_warnings
+    tok([LONG_DOCUMENT])  # a plain call records the warning: the check above can fail
+    assert tok.deprecation_warnings[warned]

