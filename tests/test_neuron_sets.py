@@ -1,8 +1,5 @@
 """Neuron selection beyond the set rules: stability of the sets, the LAPE detector (NeuronSet: test_neuronset.py)."""
 
-import itertools
-
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,27 +15,6 @@ from langneurons.selection import (
     set_stability,
     stability_draws,
 )
-
-SIZES = {"ffn": 40, "attn_q": 16, "attn_k": 8, "attn_v": 8}
-N_LAYERS = 3
-
-
-def _table(seed: int = 0) -> pd.DataFrame:
-    gen = np.random.default_rng(seed)
-    rows = []
-    for lang, kind in itertools.product(["en", "fr", "zh"], ["specific", "exclusive"]):
-        for layer, site in itertools.product(range(N_LAYERS), SIZES):
-            n = int(gen.integers(0, SIZES[site] // 2 + 1))
-            for index in gen.choice(SIZES[site], n, replace=False):
-                rows.append((lang, kind, layer, site, int(index), float(gen.random()), float(gen.random())))
-    columns = ["language", "set_kind", "layer", "site", "index", "frequency", "mean_importance"]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.astype({"layer": "int32", "index": "int32"})
-
-
-def _keys(frame: pd.DataFrame) -> set:
-    return set(zip(frame["layer"], frame["site"], frame["index"]))
-
 
 # ---- stability ---------------------------------------------------------------------------------
 
