@@ -24,8 +24,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-SITES: tuple[str, ...] = ("ffn", "attn_q", "attn_k", "attn_v")
-ATTENTION_SITES: tuple[str, ...] = ("attn_q", "attn_k", "attn_v")
+# The sites and the address error live in torch-free modules (neuron sets are read without torch);
+# the table's users import them from here too.
+from langneurons.errors import NeuronIndexError
+from langneurons.neuronset import ATTENTION_SITES, SITES
 
 #: How a projection module lays out q, k and v in its output rows.
 #: ``separate``: one module per site, row = index.
@@ -47,10 +49,6 @@ QkNormScope = Literal["head", "projection"]
 
 class UnsupportedArchitectureError(ValueError):
     """The model's class has no entry in the architecture table."""
-
-
-class NeuronIndexError(ValueError):
-    """A neuron address lies outside the model."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,15 @@
-"""Errors that name the configuration field to fix (torch-free, so that parse-time checks can raise them)."""
+"""Errors that name the field or value to fix (torch-free, so that parse-time checks and set files can raise them)."""
 
 from __future__ import annotations
 
 
 class ConfigError(ValueError):
     """The workflow configuration is inconsistent, or does not fit the data it meets."""
+
+
+class NeuronSetError(ValueError):
+    """A neuron set is malformed (columns, types, repeated neurons) or its file cannot be read."""
+
+
+class NeuronIndexError(NeuronSetError):
+    """A neuron address lies outside the model (or names no known site)."""

@@ -40,7 +40,8 @@ master for each trained parameter that is stored below float32 (the parameter
 itself otherwise).
 
 Baselines, all with the same documents, order and token budget: a random
-neuron subset of the same size per (layer, site) (:func:`random_control`),
+neuron subset of the same size per (layer, site)
+(:meth:`langneurons.neuronset.NeuronSet.random_control`),
 full fine-tuning, LoRA through ``peft`` on the same projection modules, and no
 fine-tuning. Evaluation lives in ``langneurons.evaluation``; this module only
 trains and saves artefacts:
@@ -70,7 +71,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,14 +87,10 @@ from langneurons.architectures import (
     projection_path,
     stored_axis,
 )
-from langneurons.architectures import (
-    site_sizes as model_site_sizes,
-)
 from langneurons.batching import encode, pad, pad_token_id
 from langneurons.interventions import group_neurons
 from langneurons.io import atomic_dir, atomic_path, provenance, read_safetensors, write_json_atomic
-from langneurons.selection import SelectionError
-from langneurons.selection import random_control as _random_control
+from langneurons.neuronset import NeuronSet, NeuronSetError, NeuronSpace
 
 __all__ = [
     "METHODS",
@@ -112,7 +108,6 @@ __all__ = [
     "lora_target_modules",
     "neuron_parameter_slices",
     "no_finetune",
-    "random_control",
     "save_result",
     "save_sparse_delta",
     "select_documents",
@@ -244,43 +239,30 @@ class FinetuneResult:
     model: nn.Module
     record: TrainingRecord
     slices: dict[str, ParameterSlice] | None = None
-    neurons: pd.DataFrame | None = None
+    neurons: NeuronSet | None = None
 
 
 # --------------------------------------------------------------------------- neurons
 
 
-def _neuron_frame(neurons: Any) -> pd.DataFrame:
-    """Neurons as a DataFrame with layer/site/index, refusing mixed or empty sets."""
-    frame = (
-        neurons
-        if isinstance(neurons, pd.DataFrame)
-        else pd.DataFrame(list(neurons), columns=["layer", "site", "index"])
-    )
-    missing = {"layer", "site", "index"} - set(frame.columns)
-    if missing:
-        raise FinetuneError(f"neurons: the table lacks column(s) {sorted(missing)}; it needs layer, site, index")
-    if len(frame) == 0:
+def _neuron_set(model: nn.Module, neurons: Any) -> NeuronSet:
+    """Neurons as one set checked against ``model``, refusing empty sets and sets of several languages or kinds."""
+    try:
+        neuron_set = NeuronSet.coerce(neurons, NeuronSpace.of(model))
+    except NeuronSetError as error:
+        raise FinetuneError(f"neurons: {error}") from error
+    if len(neuron_set) == 0:
         raise FinetuneError(
             "neurons: the neuron set is empty, so nothing would be trained; pass a non-empty set "
             "(filter the neuron table to one language and set_kind that has neurons) or use method='none'"
         )
-    for column in ("language", "set_kind"):
-        if column in frame.columns and frame[column].nunique() > 1:
+    for column, values in (("language", neuron_set.languages), ("set_kind", neuron_set.set_kinds)):
+        if len(values) > 1:
             raise FinetuneError(
-                f"neurons: the table mixes {column}s {sorted(map(str, frame[column].unique()))}; "
-                f"filter it to one language and one set_kind before fine-tuning"
+                f"neurons: the table mixes {column}s {values}; filter it to one language and one set_kind before "
+                "fine-tuning (neuron_set.select(language=..., set_kind=...))"
             )
-    return frame
-
-
-def _group(model: nn.Module, neurons: Any) -> dict[tuple[int, str], torch.Tensor]:
-    try:
-        return group_neurons(model, _neuron_frame(neurons))
-    except FinetuneError:
-        raise
-    except ValueError as error:
-        raise FinetuneError(f"neurons: {error}") from error
+    return neuron_set
 
 
 def _neuron_entries(
@@ -316,7 +298,7 @@ def neuron_parameter_slices(model: nn.Module, neurons: Any) -> dict[str, Paramet
     """
     params = dict(model.named_parameters())
     merged: dict[str, tuple[int, list[torch.Tensor]]] = {}
-    for name, dim, index in _neuron_entries(model, _group(model, neurons)):
+    for name, dim, index in _neuron_entries(model, group_neurons(model, _neuron_set(model, neurons))):
         if name not in params:
             raise FinetuneError(f"parameter {name!r} from the architecture table is not in the model")
         merged.setdefault(name, (dim, []))[1].append(index)
@@ -326,21 +308,6 @@ def neuron_parameter_slices(model: nn.Module, neurons: Any) -> dict[str, Paramet
         initial = params[name].detach().index_select(dim, index).clone()
         slices[name] = ParameterSlice(name=name, dim=dim, index=index, initial=initial)
     return slices
-
-
-def random_control(neurons_df: pd.DataFrame, site_sizes: Mapping[str, int], n_layers: int, seed: int) -> pd.DataFrame:
-    """:func:`langneurons.selection.random_control` as fine-tuning uses it.
-
-    Same draw; the result keeps the input's columns exactly (no
-    ``control_seed`` column: the training record holds the seed), ``set_kind``
-    becomes ``random``, and bad input raises :class:`FinetuneError`.
-    """
-    try:
-        return _random_control(
-            _neuron_frame(neurons_df), site_sizes, n_layers, seed, set_kind="random", seed_column=None
-        )
-    except SelectionError as error:
-        raise FinetuneError(str(error)) from error
 
 
 # --------------------------------------------------------------------------- documents
@@ -622,18 +589,19 @@ def finetune_neurons(
 ) -> FinetuneResult:
     """Fine-tune only the weights owned by ``neurons`` (in place); all else stays bit-identical.
 
-    ``neurons``: ``(layer, site, index)`` tuples or a neuron table filtered to
-    one language and set kind. ``method`` only labels the record (``targeted``
-    for specific(L), ``random`` for a :func:`random_control` set).
+    ``neurons``: a :class:`~langneurons.neuronset.NeuronSet` (or a table, or
+    ``(layer, site, index)`` tuples) of one language and set kind. ``method``
+    only labels the record (``targeted`` for specific(L), ``random`` for a
+    :meth:`~langneurons.neuronset.NeuronSet.random_control` set).
     """
-    frame = _neuron_frame(neurons)
-    slices = neuron_parameter_slices(model, frame)
+    neuron_set = _neuron_set(model, neurons)
+    slices = neuron_parameter_slices(model, neuron_set)
     docs = _prepare_documents(documents, config, tokenizer)
     start = time.perf_counter()
     with _only_slices_trainable(model, slices) as params:
         masters = _MasterWeights.of_slices(params, slices)
         stats = _train(model, docs, config, masters=masters, desc=f"finetune[{method}]")
-    per_site = frame.groupby("site").size().to_dict()
+    per_site = neuron_set.table.groupby("site").size().to_dict()
     record = _record(
         method,
         model,
@@ -643,11 +611,11 @@ def finetune_neurons(
         time.perf_counter() - start,
         trainable=sum(s.n_entries for s in slices.values()),
         target_language=target_language,
-        n_neurons=len(frame),
+        n_neurons=len(neuron_set),
         neurons_per_site={str(k): int(v) for k, v in per_site.items()},
         control_seed=control_seed,
     )
-    return FinetuneResult(model=model, record=record, slices=slices, neurons=frame.reset_index(drop=True))
+    return FinetuneResult(model=model, record=record, slices=slices, neurons=neuron_set)
 
 
 def finetune_full(
@@ -781,9 +749,10 @@ def finetune(
 ) -> FinetuneResult:
     """Run one method on ``model`` (in place).
 
-    ``targeted`` trains ``neurons``; ``random`` trains :func:`random_control`
-    of ``neurons`` drawn with ``control_seed`` (the data order still follows
-    ``config.seed``, so controls with different seeds see identical batches);
+    ``targeted`` trains ``neurons``; ``random`` trains the random control
+    (:meth:`~langneurons.neuronset.NeuronSet.random_control`) of ``neurons``
+    drawn with ``control_seed`` (the data order still follows ``config.seed``,
+    so controls with different seeds see identical batches);
     ``lora`` targets the modules of the sites present in ``neurons`` (all
     sites when none are given).
     """
@@ -794,9 +763,10 @@ def finetune(
         if neurons is None:
             raise FinetuneError(f"neurons: method={method!r} needs the target neuron set (neurons=...)")
         if method == "random":
-            neurons = random_control(
-                _neuron_frame(neurons), model_site_sizes(model), dimensions(model).n_layers, control_seed
-            )
+            try:
+                neurons = _neuron_set(model, neurons).random_control(control_seed, set_kind="random", seed_column=None)
+            except NeuronSetError as error:
+                raise FinetuneError(f"neurons: {error}") from error
             return finetune_neurons(
                 model, documents, neurons, config, method=method, control_seed=control_seed, **kwargs
             )
@@ -804,7 +774,7 @@ def finetune(
     if method == "full":
         return finetune_full(model, documents, config, **kwargs)
     if method == "lora":
-        sites = sorted(set(_neuron_frame(neurons)["site"]), key=SITES.index) if neurons is not None else SITES
+        sites = SITES if neurons is None else sorted(set(_neuron_set(model, neurons).table["site"]), key=SITES.index)
         return finetune_lora(model, documents, config, sites=sites, **kwargs)
     return no_finetune(model, documents, config, **kwargs)
 
@@ -925,7 +895,7 @@ def save_result(result: FinetuneResult, out_dir: str | Path, *, extra: Mapping[s
                 result.model, result.slices, tmp / "delta.safetensors", metadata={**meta, "record": record}
             )
             if result.neurons is not None:
-                result.neurons.to_parquet(tmp / "neurons.parquet", index=False)
+                result.neurons.to_parquet(tmp / "neurons.parquet")
         elif record["method"] == "full":
             result.model.save_pretrained(tmp / "model")
         elif record["method"] == "lora":

@@ -12,7 +12,7 @@ Many conditions can then run against one loaded model, on any device map.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,8 +20,6 @@ import torch
 from torch import nn
 
 from langneurons.architectures import (
-    SITES,
-    NeuronIndexError,
     dimensions,
     ffn_input_rows,
     get_architecture,
@@ -31,43 +29,20 @@ from langneurons.architectures import (
     weight_out_in,
 )
 from langneurons.conditions import CONDITIONS, STAGES, layer_stages  # noqa: F401 - the stages' home; re-exported
+from langneurons.neuronset import NeuronSet, NeuronSpace
 
 NeuronGroups = dict[tuple[int, str], torch.Tensor]
 
 
 def group_neurons(model: nn.Module, neurons: Any) -> NeuronGroups:
-    """Validate neuron addresses and group their indices by ``(layer, site)``.
+    """Check neuron addresses against ``model`` and group their indices by ``(layer, site)``.
 
-    ``neurons`` is an iterable of ``(layer, site, index)`` or a DataFrame with
-    columns ``layer, site, index``.
+    ``neurons`` is a :class:`~langneurons.neuronset.NeuronSet`, a table with columns ``layer,
+    site, index`` or an iterable of ``(layer, site, index)``; a set already checked against this
+    model's :class:`~langneurons.neuronset.NeuronSpace` is not checked again.
     """
-    dims = dimensions(model)
-    if hasattr(neurons, "columns"):
-        missing = {"layer", "site", "index"} - set(neurons.columns)
-        if missing:
-            raise NeuronIndexError(
-                f"neuron table lacks column(s) {sorted(missing)}; it needs columns layer, site, index"
-            )
-        rows: Iterable = zip(neurons["layer"], neurons["site"], neurons["index"])
-    else:
-        rows = neurons
-    grouped: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for layer, site, index in rows:
-        layer, index = int(layer), int(index)
-        if site not in SITES:
-            raise NeuronIndexError(f"neuron site {site!r} is unknown; use one of {', '.join(SITES)}")
-        if not 0 <= layer < dims.n_layers:
-            raise NeuronIndexError(
-                f"neuron layer {layer} is out of range: the model has layers 0..{dims.n_layers - 1}"
-            )
-        size = dims.site_size(site)
-        if not 0 <= index < size:
-            raise NeuronIndexError(
-                f"neuron index {index} of site {site!r} is out of range: layer {layer} has {size} "
-                f"{site} neurons (0..{size - 1}); were the neurons found on another model?"
-            )
-        grouped[(layer, site)].append(index)
-    return {key: torch.tensor(sorted(set(idx)), dtype=torch.long) for key, idx in grouped.items()}
+    neuron_set = NeuronSet.coerce(neurons, NeuronSpace.of(model))
+    return {key: torch.from_numpy(index) for key, index in neuron_set.groups().items()}
 
 
 def _zero_input_columns(columns: torch.Tensor):
@@ -89,8 +64,10 @@ def _zero_output_columns(columns: torch.Tensor):
 def deactivate(model: nn.Module, neurons: Any) -> Iterator[NeuronGroups]:
     """Zero the given neurons inside the ``with`` block; restore them on exit.
 
-    The hooks are removed on exit, also when the block raises. Yields the
-    validated ``{(layer, site): indices}`` groups.
+    ``neurons``: a :class:`~langneurons.neuronset.NeuronSet` or anything :func:`group_neurons`
+    takes (all its languages' neurons are zeroed: select one first, ``set.by_language()["fr"]``).
+    The hooks are removed on exit, also when the block raises. Yields the validated
+    ``{(layer, site): indices}`` groups. ``langneurons.ablate`` is this function.
     """
     groups = group_neurons(model, neurons)
     arch = get_architecture(model)
@@ -154,3 +131,7 @@ def condition_neurons(neurons, condition: str, stages: list[str]):
     layers = [layer for layer, stage in enumerate(stages) if stage in wanted_stages]
     keep = neurons["layer"].isin(layers) & neurons["site"].isin(wanted_sites)
     return neurons[keep].reset_index(drop=True)
+
+
+#: The name the package root exports (``with langneurons.ablate(model, neuron_set): ...``).
+ablate = deactivate

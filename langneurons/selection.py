@@ -10,12 +10,8 @@ Set kinds (:func:`parse_set_kind`): ``activated``, ``specific``, ``exclusive``
 and the parametrised rules ``shared_by_at_most-<m>``, ``contrast-<delta>`` and
 ``entropy-<tau>``, all computed from the per-language counts.
 
-Also here, for the neuron-set library:
+Also here (random controls and file formats are :class:`langneurons.neuronset.NeuronSet`'s):
 
-- :func:`random_control`: same-layout random sets drawn from the complement;
-- :func:`export_json` / :func:`import_json`: a versioned JSON form of a table;
-- :func:`export_lape` / :func:`import_lape`: the mask format of LAPE's reference
-  code (RUCAIBox/Language-Specific-Neurons), loaded with ``weights_only=True``;
 - :func:`set_stability`: split-half and subsample Jaccard of the sets, from
   cached per-document scores;
 - :func:`lape_neurons`: the LAPE detector (Tang et al. 2024) from per-language
@@ -27,23 +23,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
 import re
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from langneurons.architectures import SITES
 from langneurons.io import atomic_path, read_safetensors
+from langneurons.neuronset import NEURON_COLUMNS, SITES, neuron_table, stable_seed
 
 #: The set kinds without a parameter (the released code's rules); see :func:`parse_set_kind` for all kinds.
 SET_KINDS: tuple[str, ...] = ("activated", "specific", "exclusive")
@@ -62,7 +54,6 @@ ENTROPY_TOLERANCE = 1e-9
 #: :meth:`ActivationCounts.from_scores` sums instead of ranking.
 LAPE_OUTPUTS: tuple[str, ...] = ("ffn_active", "n_tokens")
 AGREEMENT_COLUMNS: tuple[str, ...] = ("language", "set_kind_a", "set_kind_b", "site", "n_a", "n_b", "n_both", "jaccard")
-NEURON_COLUMNS: tuple[str, ...] = ("language", "set_kind", "layer", "site", "index", "frequency", "mean_importance")
 
 
 class SelectionError(ValueError):
@@ -523,345 +514,6 @@ def detector_agreement(table: pd.DataFrame, kind_a: str, kind_b: str, site: str 
     return pd.DataFrame(rows, columns=list(AGREEMENT_COLUMNS))
 
 
-# --------------------------------------------------------------------------- random controls
-
-
-def _stable_seed(*parts: object) -> int:
-    """A platform-independent 32-bit hash of ``parts`` (``hash()`` of str is salted per process)."""
-    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
-
-
-def random_control(
-    neurons: pd.DataFrame,
-    site_sizes: Mapping[str, int],
-    n_layers: int,
-    seed: int,
-    *,
-    set_kind: str | None = None,
-    seed_column: str | None = "control_seed",
-) -> pd.DataFrame:
-    """A random neuron set with the same count per (layer, site), disjoint from ``neurons``.
-
-    Why: an effect of ablating (or training) a language's neurons only says
-    something if a set of the same size and layout, drawn from the *other*
-    neurons, does not show it (method.md section 4). For every (language,
-    set_kind) group of the table (one group if those columns are absent) and
-    every (layer, site), as many distinct indices as the set holds there are
-    drawn uniformly without replacement from the indices *not* in that group's
-    set, by a ``numpy`` Generator seeded with ``(seed, hash(language, set_kind,
-    layer, site))``. So a control depends only on its own group and ``seed``,
-    never on which other groups the table holds or their order.
-
-    Returns the input's columns in order, rows sorted; ``language`` and
-    ``set_kind`` are kept (``set_kind`` is replaced when given), every other
-    column (frequency, mean_importance, ...) is NaN, and ``seed_column``
-    (default ``control_seed``; ``None`` for none) holds ``seed``. Raises
-    :class:`SelectionError` when a (layer, site) holds more than half of its
-    neurons, so that no disjoint set of the same size exists.
-    """
-    missing = {"layer", "site", "index"} - set(neurons.columns)
-    if missing:
-        raise SelectionError(f"neurons: the table lacks column(s) {sorted(missing)}; it needs layer, site, index")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SelectionError(f"seed={seed!r}: give a non-negative integer")
-    seed = int(seed)
-    group_columns = [c for c in ("language", "set_kind") if c in neurons.columns]
-    parts = []
-    groups = neurons.groupby(group_columns, sort=True, dropna=False) if group_columns else [((), neurons)]
-    for key, group in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        labels = dict(zip(group_columns, key))
-        for (layer, site), rows in group.groupby(["layer", "site"], sort=True):
-            layer = int(layer)
-            if site not in site_sizes:
-                raise SelectionError(f"neurons: site {site!r} is not in site_sizes {sorted(site_sizes)}")
-            size = int(site_sizes[site])
-            if not 0 <= layer < n_layers:
-                raise SelectionError(
-                    f"neurons: layer {layer} is out of range 0..{n_layers - 1}; was the set found on another model?"
-                )
-            taken = np.unique(rows["index"].to_numpy(dtype=np.int64))
-            if taken.size and (taken[0] < 0 or taken[-1] >= size):
-                raise SelectionError(f"neurons: an index of layer {layer} site {site!r} is outside 0..{size - 1}")
-            free = np.ones(size, dtype=bool)
-            free[taken] = False
-            pool = np.flatnonzero(free)
-            if pool.size < taken.size:
-                raise SelectionError(
-                    f"neurons: {labels or 'the set'} holds {taken.size} of the {size} {site!r} neurons of layer "
-                    f"{layer}, so no disjoint random set of the same size exists (it needs at most {size // 2}); "
-                    "use a smaller set, or draw the control without the disjointness requirement elsewhere"
-                )
-            rng = np.random.default_rng([seed, _stable_seed(*key, layer, site)])
-            drawn = np.sort(pool[rng.permutation(pool.size)[: taken.size]])
-            parts.append(pd.DataFrame({**labels, "layer": layer, "site": site, "index": drawn}))
-    if parts:
-        control = pd.concat(parts, ignore_index=True)
-    else:
-        control = pd.DataFrame({c: neurons[c].iloc[:0] for c in (*group_columns, "layer", "site", "index")})
-    columns = list(neurons.columns)
-    if seed_column is not None and seed_column not in columns:
-        columns.append(seed_column)
-    for column in columns:
-        if column in ("layer", "site", "index", *group_columns):
-            continue
-        control[column] = seed if column == seed_column else float("nan")
-    if set_kind is not None:
-        control["set_kind"] = set_kind
-    control = control[columns].astype({"layer": neurons["layer"].dtype, "index": neurons["index"].dtype})
-    if seed_column is not None:
-        control = control.astype({seed_column: "int64"})
-    order = [c for c in ("language", "set_kind", "layer", "site", "index") if c in columns]
-    return control.sort_values(order, ignore_index=True)
-
-
-# --------------------------------------------------------------------------- JSON
-
-
-NEURONS_JSON_FORMAT = "langneurons.neurons"
-NEURONS_JSON_VERSION = 1
-
-
-def _json_cell(value: object, kind: str) -> object:
-    if kind == "f":
-        value = float(value)
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if kind in "iu":
-        return int(value)
-    if kind == "b":
-        return bool(value)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if not isinstance(value, str):
-        raise SelectionError(
-            f"cannot export a cell of type {type(value).__name__}; JSON tables hold str/int/float/bool"
-        )
-    return value
-
-
-def export_json(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a neuron table as versioned JSON, atomically; :func:`import_json` reads it back exactly.
-
-    Structure (version 1)::
-
-        {"format": "langneurons.neurons", "version": 1,
-         "columns": [{"name": "language", "dtype": "str"}, {"name": "layer", "dtype": "int32"}, ...],
-         "neurons": [{"language": "fr", "set_kind": "specific", "layer": 3, "site": "ffn",
-                      "index": 117, "frequency": 1.0, "mean_importance": 0.42, ...}, ...]}
-
-    ``columns`` keeps the column order and pandas dtypes; each neuron is one
-    object with every column. Float NaN is written as ``null`` and infinities
-    as the strings ``"Infinity"``/``"-Infinity"`` (strict JSON has neither),
-    so that any JSON reader can parse the file. Columns must be str, int,
-    float or bool.
-    """
-    missing = {"layer", "site", "index"} - set(table.columns)
-    if missing:
-        raise SelectionError(f"the table lacks column(s) {sorted(missing)}; a neuron needs layer, site, index")
-    kinds = {c: table[c].dtype.kind for c in table.columns}
-    columns = [{"name": str(c), "dtype": str(table[c].dtype)} for c in table.columns]
-    records = [
-        {c: _json_cell(v, kinds[c]) for c, v in zip(table.columns, row)}
-        for row in table.itertuples(index=False, name=None)
-    ]
-    document = {"format": NEURONS_JSON_FORMAT, "version": NEURONS_JSON_VERSION, "columns": columns, "neurons": records}
-    text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
-    return Path(path)
-
-
-def import_json(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by :func:`export_json`, with its column order and dtypes."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SelectionError(f"{path} is not valid JSON ({error}); was it written by export_json?") from error
-    if not isinstance(document, dict) or document.get("format") != NEURONS_JSON_FORMAT:
-        raise SelectionError(f"{path} is not a langneurons neuron table (no \"format\": \"{NEURONS_JSON_FORMAT}\")")
-    version = document.get("version")
-    if version != NEURONS_JSON_VERSION:
-        raise SelectionError(
-            f"{path} has version {version!r}; this langneurons reads version {NEURONS_JSON_VERSION}: upgrade it"
-        )
-    try:
-        names = [c["name"] for c in document["columns"]]
-        dtypes = [c["dtype"] for c in document["columns"]]
-        records = document["neurons"]
-    except (KeyError, TypeError) as error:
-        raise SelectionError(f"{path}: malformed 'columns' or 'neurons' ({error!r})") from error
-    for number, record in enumerate(records):
-        if not isinstance(record, dict) or set(record) != set(names):
-            raise SelectionError(f"{path}: neuron {number} does not have exactly the columns {names}")
-    data = {}
-    for name, dtype in zip(names, dtypes):
-        values = [r[name] for r in records]
-        try:
-            textual = dtype in ("str", "string", "object")
-            if not textual and np.dtype(dtype).kind == "f":
-                values = [float("nan") if v is None else float(v) for v in values]
-            data[name] = pd.Series(values, dtype=object).astype(dtype)
-        except (TypeError, ValueError) as error:
-            raise SelectionError(f"{path}: column {name!r} cannot be read as {dtype} ({error})") from error
-    table = pd.DataFrame(data, columns=names)
-    _check_addresses(table, str(path))
-    return table
-
-
-def _check_addresses(table: pd.DataFrame, where: str) -> None:
-    bad_sites = sorted(set(table["site"]) - set(SITES))
-    if bad_sites:
-        raise SelectionError(f"{where}: unknown site(s) {bad_sites}; sites are {', '.join(SITES)}")
-    if len(table) and (table["layer"].min() < 0 or table["index"].min() < 0):
-        raise SelectionError(f"{where}: layers and indices must be non-negative")
-
-
-# --------------------------------------------------------------------------- LAPE's mask format
-
-
-def export_lape(
-    table: pd.DataFrame,
-    path: str | os.PathLike,
-    languages: Sequence[str],
-    n_layers: int,
-    set_kind: str = "lape",
-    ffn_only: bool = False,
-) -> Path:
-    """Write one set kind of a table in LAPE's mask format, atomically.
-
-    The format of RUCAIBox/Language-Specific-Neurons (``identify.py`` writes
-    it, ``activation_mask`` readers use it): ``torch.save`` of a
-    ``List[List[LongTensor]]``, languages (in the order of ``languages``) x
-    layers (``n_layers``) x the sorted FFN unit indices of that language in
-    that layer. A language without neurons gets empty tensors. The format
-    holds FFN units only: a table with attention neurons in ``set_kind`` is
-    refused unless ``ffn_only=True`` drops them.
-    """
-    rows = table[table["set_kind"] == set_kind]
-    others = rows[rows["site"] != "ffn"]
-    if len(others) and not ffn_only:
-        raise SelectionError(
-            f"{len(others)} {set_kind!r} neurons are attention neurons, which LAPE's format cannot hold; "
-            "pass ffn_only=True to export only the FFN units"
-        )
-    rows = rows[rows["site"] == "ffn"]
-    unknown = sorted(set(rows["language"]) - set(languages))
-    if unknown:
-        raise SelectionError(
-            f"languages {unknown} have {set_kind!r} neurons but are not in languages={list(languages)}; "
-            "add them (the order is the file's language order) or filter the table"
-        )
-    if len(set(languages)) != len(languages):
-        raise SelectionError(f"languages={list(languages)} repeats a language")
-    if len(rows) and (rows["layer"].min() < 0 or rows["layer"].max() >= n_layers):
-        raise SelectionError(f"a {set_kind!r} neuron's layer is outside 0..{n_layers - 1}; check n_layers")
-    if len(rows) and rows["index"].min() < 0:
-        raise SelectionError("a neuron index is negative")
-    masks = []
-    for lang in languages:
-        own = rows[rows["language"] == lang]
-        by_layer = {int(layer): np.unique(g["index"].to_numpy(dtype=np.int64)) for layer, g in own.groupby("layer")}
-        masks.append(
-            [torch.from_numpy(by_layer.get(layer, np.zeros(0, dtype=np.int64))).long() for layer in range(n_layers)]
-        )
-    with atomic_path(path) as tmp:
-        torch.save(masks, tmp)
-    return Path(path)
-
-
-def import_lape(
-    path: str | os.PathLike,
-    languages: Sequence[str],
-    set_kind: str = "lape_import",
-    n_layers: int | None = None,
-    intermediate_size: int | None = None,
-) -> pd.DataFrame:
-    """Read a LAPE mask file (``List[List[LongTensor]]``) as a tidy neuron table.
-
-    The file is loaded only with ``torch.load(..., weights_only=True)`` (never
-    plain pickle), then checked: a list with one entry per name in
-    ``languages`` (the file stores no names; give them in the file's order),
-    each a list of ``n_layers`` (default: the first language's count) 1-D
-    integer tensors of distinct non-negative indices, below
-    ``intermediate_size`` when given. Returns :data:`NEURON_COLUMNS` with
-    ``site="ffn"`` and NaN frequency / mean_importance.
-    """
-    try:
-        masks = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise SelectionError(
-            f"{path} could not be loaded with torch.load(weights_only=True) ({str(error).splitlines()[0]}); "
-            "a LAPE mask file holds only nested lists of integer tensors: re-save it as "
-            "torch.save([[LongTensor per layer] per language], path)"
-        ) from error
-
-    def fail(what: str) -> SelectionError:
-        return SelectionError(
-            f"{path}: {what}. LAPE's format is a list (one entry per language) of lists (one per layer) of "
-            "1-D integer tensors of FFN unit indices; fix the file or the languages/n_layers you passed"
-        )
-
-    if not isinstance(masks, (list, tuple)):
-        raise fail(f"the top level is a {type(masks).__name__}, not a list of languages")
-    if len(masks) != len(languages):
-        raise fail(f"it holds {len(masks)} languages but languages={list(languages)} names {len(languages)}")
-    if len(set(languages)) != len(languages):
-        raise fail(f"languages={list(languages)} repeats a language")
-    frames = []
-    for lang, per_layer in zip(languages, masks):
-        if not isinstance(per_layer, (list, tuple)):
-            raise fail(f"language {lang!r} is a {type(per_layer).__name__}, not a list of layers")
-        if n_layers is None:
-            n_layers = len(per_layer)
-        if len(per_layer) != n_layers:
-            raise fail(f"language {lang!r} has {len(per_layer)} layers, expected {n_layers}")
-        for layer, indices in enumerate(per_layer):
-            where = f"language {lang!r} layer {layer}"
-            if not isinstance(indices, torch.Tensor):
-                raise fail(f"{where} is a {type(indices).__name__}, not a tensor")
-            if indices.dim() != 1:
-                raise fail(f"{where} is a {indices.dim()}-D tensor, not 1-D")
-            if indices.numel() == 0:
-                continue
-            if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
-                raise fail(f"{where} has dtype {indices.dtype}, not an integer type")
-            values = indices.long()
-            if values.min() < 0:
-                raise fail(f"{where} has a negative index ({int(values.min())})")
-            if intermediate_size is not None and values.max() >= intermediate_size:
-                raise fail(f"{where} has index {int(values.max())} >= intermediate_size {intermediate_size}")
-            if values.unique().numel() != values.numel():
-                raise fail(f"{where} repeats an index")
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "language": lang,
-                        "set_kind": set_kind,
-                        "layer": np.int32(layer),
-                        "site": "ffn",
-                        "index": values.sort().values.numpy().astype("int32"),
-                        "frequency": float("nan"),
-                        "mean_importance": float("nan"),
-                    }
-                )
-            )
-    return _tidy(frames)
-
-
-def _tidy(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    if not frames:
-        empty = {c: pd.Series(dtype="str") for c in ("language", "set_kind", "site")}
-        empty |= {c: pd.Series(dtype="int32") for c in ("layer", "index")}
-        empty |= {c: pd.Series(dtype="float64") for c in ("frequency", "mean_importance")}
-        return pd.DataFrame(empty)[list(NEURON_COLUMNS)]
-    table = pd.concat(frames, ignore_index=True)[list(NEURON_COLUMNS)]
-    return table.sort_values(["language", "set_kind", "layer", "site", "index"], ignore_index=True)
-
-
 # --------------------------------------------------------------------------- stability
 
 
@@ -890,7 +542,7 @@ def stability_draws(
         raise SelectionError(f"every language needs at least 2 documents to split in halves; got {dict(n_docs)}")
 
     def permutation(lang: str, *key: object) -> torch.Tensor:
-        rng = np.random.default_rng([seed, _stable_seed(lang, *key)])
+        rng = np.random.default_rng([seed, stable_seed(lang, *key)])
         return torch.from_numpy(rng.permutation(n_docs[lang])).long()
 
     draws = []
@@ -1136,7 +788,7 @@ def lape_neurons(
                 }
             )
         )
-    return _tidy([f for f in frames if len(f)])
+    return neuron_table([f for f in frames if len(f)])
 
 
 def lape_neurons_from_counts(per_language: Mapping[str, ActivationCounts], **options) -> pd.DataFrame:

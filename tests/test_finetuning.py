@@ -12,7 +12,7 @@ import torch
 from layout_probe import reference_mask, tiny_owned_entries
 from models import VOCAB, tiny_model
 
-from langneurons.architectures import SITES, dimensions, get_architecture, site_sizes
+from langneurons.architectures import SITES, dimensions, get_architecture
 from langneurons.finetuning import (
     FinetuneConfig,
     FinetuneError,
@@ -24,10 +24,10 @@ from langneurons.finetuning import (
     load_sparse_delta,
     lora_target_modules,
     neuron_parameter_slices,
-    random_control,
     save_result,
     save_sparse_delta,
 )
+from langneurons.neuronset import NeuronSet, NeuronSpace
 
 FAST = dict(lr=1e-2, batch_size=4, grad_accum=2, epochs=2, n_docs=12, max_length=24, progress=False)
 
@@ -137,7 +137,9 @@ def test_sparse_delta_reproduces_fine_tuned_logits(name: str, tmp_path) -> None:
         "wall_s",
         "final_loss",
     } <= set(record)
-    assert len(pd.read_parquet(out / "neurons.parquet")) == len(_neurons(model))
+    saved = NeuronSet.from_parquet(out / "neurons.parquet", NeuronSpace.of(model))
+    keys = lambda f: set(zip(f["layer"], f["site"], f["index"]))  # noqa: E731
+    assert saved.addresses() == keys(_neurons(model)) and saved == result.neurons
 
 
 def test_sparse_delta_refuses_another_family(tmp_path) -> None:
@@ -148,24 +150,35 @@ def test_sparse_delta_refuses_another_family(tmp_path) -> None:
         apply_sparse_delta(tiny_model("llama"), out / "delta.safetensors")
 
 
-def test_random_control_same_layout_disjoint_seeded() -> None:
-    model = tiny_model("llama")
-    neurons = _neurons(model)
-    sizes, n_layers = site_sizes(model), dimensions(model).n_layers
-    control = random_control(neurons, sizes, n_layers, seed=3)
+def test_random_method_trains_the_sets_random_control() -> None:
+    """The control has the target's count per (layer, site), none of its neurons, and depends on the seed only."""
+    config = FinetuneConfig(**{**FAST, "epochs": 1, "n_docs": 4})
+    neurons = _neurons(tiny_model("llama"))
+
+    def control(seed: int) -> NeuronSet:
+        model = tiny_model("llama")
+        return finetune(model, _docs(4), config, method="random", neurons=neurons, control_seed=seed).neurons
 
     def counts(frame: pd.DataFrame) -> dict:
         return frame.groupby(["layer", "site"]).size().to_dict()
 
-    assert counts(control) == counts(neurons)
+    drawn = control(3)
     keys = lambda f: set(zip(f["layer"], f["site"], f["index"]))  # noqa: E731
-    assert not keys(control) & keys(neurons)
-    assert list(control.columns) == list(neurons.columns) and set(control["set_kind"]) == {"random"}
-    assert control.equals(random_control(neurons, sizes, n_layers, seed=3))
-    assert keys(control) != keys(random_control(neurons, sizes, n_layers, seed=4))
-    full = pd.DataFrame({"layer": 0, "site": "attn_k", "index": range(sizes["attn_k"] // 2 + 1)})
-    with pytest.raises(FinetuneError, match="no disjoint random set"):
-        random_control(full, sizes, n_layers, seed=0)
+    assert counts(drawn.table) == counts(neurons)
+    assert not drawn.addresses() & keys(neurons)
+    assert drawn.set_kinds == ["random"] and list(drawn.table.columns) == list(neurons.columns)
+    assert drawn == control(3) and drawn.addresses() != control(4).addresses()
+    model = tiny_model("llama")
+    half = dimensions(model).site_size("attn_k") // 2
+    full = pd.DataFrame({"layer": 0, "site": "attn_k", "index": range(half + 1)})
+    with pytest.raises(FinetuneError, match="neurons: .*no disjoint random set"):
+        finetune(model, _docs(4), config, method="random", neurons=full)
+
+
+def test_a_neuron_set_of_another_model_is_refused() -> None:
+    small = NeuronSet([(0, "ffn", 1)], NeuronSpace(2, {"ffn": 8, "attn_q": 4, "attn_k": 4, "attn_v": 4}))
+    with pytest.raises(FinetuneError, match="neurons: the neuron set belongs to a model with 2 layers"):
+        finetune(tiny_model("llama"), _docs(4), FinetuneConfig(**FAST), method="targeted", neurons=small)
 
 
 def _language(first: int, n_tokens: int, mult: int, n_docs: int, seed: int) -> list[torch.Tensor]:

@@ -144,7 +144,9 @@ def test_the_package_root_imports_nothing_until_a_name_is_used():
     probe = "import langneurons\nprint([n for n in sys.modules if n.startswith('langneurons.')])"
     done = subprocess.run([sys.executable, "-c", f"import sys\n{probe}"], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-    assert _loaded_after("import langneurons\nlangneurons.SITES") != []  # the lazy names still work
+    assert _loaded_after("import langneurons\nlangneurons.detect") != []  # the lazy names still work
+    # neuron sets are read, compared and written without a model library
+    assert _loaded_after("import langneurons\nlangneurons.NeuronSet\nlangneurons.SITES") == []
 
 
 @pytest.mark.parametrize(
@@ -155,6 +157,7 @@ def test_the_package_root_imports_nothing_until_a_name_is_used():
         "langneurons.config",
         "langneurons.conditions",
         "langneurons.imports",
+        "langneurons.neuronset",
         "langneurons.steps.common",
         "langneurons.steps.figures",
         "langneurons.steps.logs",

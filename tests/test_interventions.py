@@ -11,6 +11,7 @@ from models import ARCHITECTURE_NAMES, random_batch, tiny_model
 import langneurons
 from langneurons.architectures import SITES, NeuronIndexError, UnsupportedArchitectureError, dimensions
 from langneurons.interventions import deactivate, zero_weights_
+from langneurons.neuronset import NeuronSet, NeuronSpace
 
 
 def _sample_neurons(model, seed: int, per_site: int = 5) -> list[tuple[int, str, int]]:
@@ -103,6 +104,37 @@ def test_dataframe_input_equals_tuples():
     with deactivate(model, table):
         from_table = _logits(model, ids, mask)
     torch.testing.assert_close(from_table, from_tuples, rtol=0, atol=0)
+
+
+def test_ablating_a_neuron_set_equals_zeroing_the_weights_of_its_addresses():
+    """langneurons.ablate takes a NeuronSet; neurons shared by two languages are zeroed once."""
+    model = tiny_model("llama")
+    ids, mask = random_batch(3, 12, seed=4)
+    fr, zh = set(_sample_neurons(model, seed=6)), set(_sample_neurons(model, seed=7))
+    shared = sorted(fr)[:3]
+    rows = [("fr", *n) for n in sorted(fr)] + [("zh", *n) for n in sorted(zh | set(shared))]
+    table = pd.DataFrame(rows, columns=["language", "layer", "site", "index"])
+    neuron_set = NeuronSet(table, NeuronSpace.of(model))
+    reference = copy.deepcopy(model)
+    union = fr | zh | set(shared)
+    zero_reference_(reference, reference_mask(reference, tiny_owned_entries("llama"), sorted(union)))
+    with langneurons.ablate(model, neuron_set) as groups:
+        hooked = _logits(model, ids, mask)
+    torch.testing.assert_close(hooked, _logits(reference, ids, mask), rtol=1e-4, atol=1e-5)
+    assert {(layer, site, i) for (layer, site), index in groups.items() for i in index.tolist()} == union
+    only_fr = copy.deepcopy(model)
+    zero_reference_(only_fr, reference_mask(only_fr, tiny_owned_entries("llama"), sorted(fr)))
+    with langneurons.ablate(model, neuron_set.by_language()["fr"]):
+        torch.testing.assert_close(_logits(model, ids, mask), _logits(only_fr, ids, mask), rtol=1e-4, atol=1e-5)
+
+
+def test_a_neuron_set_of_another_model_is_refused_before_any_hook():
+    model = tiny_model("llama")
+    other = NeuronSet([(0, "ffn", 1)], NeuronSpace(dimensions(model).n_layers + 1, langneurons.site_sizes(model)))
+    with pytest.raises(NeuronIndexError, match="belongs to a model with"):
+        with deactivate(model, other):
+            pass
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def test_gradients_flow_through_hooks():

@@ -1,10 +1,5 @@
-"""The neuron-set library: random controls, JSON / LAPE export, stability, the LAPE detector."""
+"""Neuron selection beyond the set rules: stability of the sets, the LAPE detector (NeuronSet: test_neuronset.py)."""
 
-import itertools
-import math
-import pickle
-
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,168 +8,13 @@ from set_rules import reference_sets
 from langneurons.selection import (
     ActivationCounts,
     SelectionError,
-    export_json,
-    export_lape,
-    import_json,
-    import_lape,
     lape_neurons,
     lape_neurons_from_counts,
     merge_counts,
     neuron_sets,
-    random_control,
     set_stability,
     stability_draws,
 )
-
-SIZES = {"ffn": 40, "attn_q": 16, "attn_k": 8, "attn_v": 8}
-N_LAYERS = 3
-
-
-def _table(seed: int = 0) -> pd.DataFrame:
-    gen = np.random.default_rng(seed)
-    rows = []
-    for lang, kind in itertools.product(["en", "fr", "zh"], ["specific", "exclusive"]):
-        for layer, site in itertools.product(range(N_LAYERS), SIZES):
-            n = int(gen.integers(0, SIZES[site] // 2 + 1))
-            for index in gen.choice(SIZES[site], n, replace=False):
-                rows.append((lang, kind, layer, site, int(index), float(gen.random()), float(gen.random())))
-    columns = ["language", "set_kind", "layer", "site", "index", "frequency", "mean_importance"]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.astype({"layer": "int32", "index": "int32"})
-
-
-def _keys(frame: pd.DataFrame) -> set:
-    return set(zip(frame["layer"], frame["site"], frame["index"]))
-
-
-# ---- random controls -------------------------------------------------------------------------
-
-
-def test_random_control_same_layout_disjoint_and_seeded():
-    table = _table()
-    control = random_control(table, SIZES, N_LAYERS, seed=7)
-    group = ["language", "set_kind", "layer", "site"]
-    assert control.groupby(group).size().to_dict() == table.groupby(group).size().to_dict()
-    for (lang, kind), rows in table.groupby(["language", "set_kind"]):
-        drawn = control[(control["language"] == lang) & (control["set_kind"] == kind)]
-        assert not _keys(drawn) & _keys(rows), (lang, kind)
-        assert not drawn.duplicated(["layer", "site", "index"]).any()
-    assert list(control.columns) == [*table.columns, "control_seed"]
-    assert (control["control_seed"] == 7).all() and control["frequency"].isna().all()
-    assert control.dtypes["layer"] == table.dtypes["layer"] and control.dtypes["index"] == table.dtypes["index"]
-    assert control.equals(random_control(table, SIZES, N_LAYERS, seed=7))
-    assert _keys(control) != _keys(random_control(table, SIZES, N_LAYERS, seed=8))
-
-
-def test_random_control_of_a_group_does_not_depend_on_the_rest_of_the_table():
-    table = _table()
-    alone = table[(table["language"] == "fr") & (table["set_kind"] == "specific")].iloc[::-1]
-    whole = random_control(table, SIZES, N_LAYERS, seed=3)
-    part = whole[(whole["language"] == "fr") & (whole["set_kind"] == "specific")].reset_index(drop=True)
-    pd.testing.assert_frame_equal(random_control(alone, SIZES, N_LAYERS, seed=3), part)
-
-
-def test_random_control_is_uniform_over_the_complement():
-    table = pd.DataFrame({"layer": 0, "site": "attn_k", "index": [0, 1, 2]})
-    seen = np.zeros(8)
-    for seed in range(400):
-        for index in random_control(table, SIZES, N_LAYERS, seed=seed)["index"]:
-            seen[index] += 1
-    assert seen[:3].sum() == 0
-    np.testing.assert_allclose(seen[3:] / 400, 3 / 5, atol=0.08)
-
-
-def test_random_control_refuses_a_too_small_complement():
-    full = pd.DataFrame({"language": "en", "layer": 1, "site": "attn_v", "index": range(5)})
-    with pytest.raises(SelectionError, match="no disjoint random set of the same size exists"):
-        random_control(full, SIZES, N_LAYERS, seed=0)
-    with pytest.raises(SelectionError, match="layer 5 is out of range"):
-        random_control(full.assign(layer=5, index=0), SIZES, N_LAYERS, seed=0)
-
-
-# ---- JSON ------------------------------------------------------------------------------------
-
-
-def test_json_round_trip_is_exact(tmp_path):
-    table = random_control(_table(), SIZES, N_LAYERS, seed=1).assign(frequency=0.1 + 1 / 3)
-    table.loc[0, "mean_importance"] = math.inf
-    table.loc[1, "frequency"] = float("nan")
-    export_json(table, tmp_path / "sets.json")
-    back = import_json(tmp_path / "sets.json")
-    pd.testing.assert_frame_equal(back, table, check_exact=True)
-    empty = table.iloc[:0]
-    export_json(empty, tmp_path / "empty.json")
-    pd.testing.assert_frame_equal(import_json(tmp_path / "empty.json"), empty, check_exact=True)
-    with pytest.raises(SelectionError, match="version 99"):
-        (tmp_path / "new.json").write_text('{"format": "langneurons.neurons", "version": 99}')
-        import_json(tmp_path / "new.json")
-    with pytest.raises(SelectionError, match="not a langneurons neuron table"):
-        (tmp_path / "other.json").write_text("[1, 2]")
-        import_json(tmp_path / "other.json")
-
-
-# ---- LAPE's mask format ------------------------------------------------------------------------
-
-
-def test_lape_format_round_trip_and_structure(tmp_path):
-    table = _table()
-    table = table[(table["site"] == "ffn") & (table["set_kind"] == "specific")]
-    path = export_lape(table, tmp_path / "mask.pth", ["zh", "en", "fr"], N_LAYERS, set_kind="specific")
-    raw = torch.load(path, weights_only=True)
-    assert len(raw) == 3 and all(len(layers) == N_LAYERS for layers in raw)
-    zh = table[table["language"] == "zh"]
-    for layer in range(N_LAYERS):
-        assert raw[0][layer].dtype == torch.int64
-        assert raw[0][layer].tolist() == sorted(zh.loc[zh["layer"] == layer, "index"])
-    back = import_lape(path, ["zh", "en", "fr"], set_kind="specific", n_layers=N_LAYERS, intermediate_size=40)
-    expected = table.assign(frequency=float("nan"), mean_importance=float("nan"))
-    expected = expected.sort_values(["language", "set_kind", "layer", "site", "index"], ignore_index=True)
-    pd.testing.assert_frame_equal(back, expected)
-
-
-def test_lape_export_refuses_attention_neurons_and_unlisted_languages(tmp_path):
-    table = _table()
-    with pytest.raises(SelectionError, match="attention neurons.*ffn_only=True"):
-        export_lape(table, tmp_path / "m.pth", ["en", "fr", "zh"], N_LAYERS, set_kind="specific")
-    with pytest.raises(SelectionError, match=r"languages \['zh'\] have"):
-        export_lape(table, tmp_path / "m.pth", ["en", "fr"], N_LAYERS, set_kind="specific", ffn_only=True)
-    assert not (tmp_path / "m.pth").exists()
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ({"en": []}, "top level is a dict"),
-        ([[torch.tensor([1])]], "holds 1 languages"),
-        ([[torch.tensor([1])], [torch.tensor([2]), torch.tensor([3])]], "has 2 layers, expected 1"),
-        ([[torch.tensor([[1]])], [torch.tensor([2])]], "2-D tensor"),
-        ([[torch.tensor([1.0])], [torch.tensor([2])]], "dtype torch.float32"),
-        ([[torch.tensor([-1])], [torch.tensor([2])]], "negative index"),
-        ([[torch.tensor([1, 1])], [torch.tensor([2])]], "repeats an index"),
-        ([[torch.tensor([1])], [torch.tensor([99])]], "intermediate_size 40"),
-        ([[[1, 2]], [torch.tensor([2])]], "is a list, not a tensor"),
-    ],
-)
-def test_lape_import_names_what_is_wrong(tmp_path, content, message):
-    torch.save(content, tmp_path / "bad.pth")
-    with pytest.raises(SelectionError, match=message):
-        import_lape(tmp_path / "bad.pth", ["en", "fr"], intermediate_size=40)
-
-
-class _Payload:
-    def __reduce__(self):
-        return (print, ("code ran",))
-
-
-def test_lape_import_never_unpickles_arbitrary_objects(tmp_path, capsys):
-    with open(tmp_path / "evil.pth", "wb") as handle:
-        pickle.dump([[_Payload()]], handle, protocol=2)
-    torch.save([[_Payload()]], tmp_path / "evil2.pth")
-    for name in ("evil.pth", "evil2.pth"):
-        with pytest.raises(SelectionError, match="weights_only=True"):
-            import_lape(tmp_path / name, ["en"])
-    assert "code ran" not in capsys.readouterr().out
-
 
 # ---- stability ---------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from langneurons import corpora, evaluation
 from langneurons.architectures import dimensions, site_sizes
 from langneurons.interventions import condition_neurons, deactivate, layer_stages
 from langneurons.io import provenance, read_parquet, write_json_atomic, write_parquet_atomic
-from langneurons.selection import language_set, random_control
+from langneurons.neuronset import NeuronSet, NeuronSpace
+from langneurons.selection import language_set
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
 
 GRID_COLUMNS = (
@@ -58,7 +59,7 @@ def cell_neurons(
     if chosen.empty:
         return chosen
     if control_seed is not None:
-        chosen = random_control(chosen, dict(site_sizes), len(stages), control_seed)
+        chosen = NeuronSet(chosen, NeuronSpace(len(stages), site_sizes)).random_control(control_seed).table
     return chosen
 
 
