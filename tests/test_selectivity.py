@@ -282,3 +282,16 @@ def test_selectivity_points_are_geometric_means_with_the_front_marked():
     assert selectivity_points(table, "en").set_index(["top_k", "set_kind"]).loc[("0.25", "specific"), "effect"] == 4.0
     figure = selectivity_frontier_figure(table, goal=GOAL)
     assert len([ax for ax in figure.axes if ax.get_visible()]) == 3  # overall + en + fr
+
+
+def test_languages_with_different_eval_document_counts_are_refused(tmp_path):
+    from langneurons.io import write_parquet_atomic
+    from langneurons.steps.selectivity import eval_documents
+
+    paths = {}
+    for lang, n in (("en", 5), ("fr", 3)):
+        docs = pd.DataFrame({"doc_id": [f"{lang}{i}" for i in range(n)], "split": "eval", "text": "w5 w6"})
+        paths[lang] = str(write_parquet_atomic(docs, tmp_path / f"{lang}.parquet"))
+    assert {lang: len(texts) for lang, texts in eval_documents(paths, 3).items()} == {"en": 3, "fr": 3}
+    with pytest.raises(ConfigError, match=r"\{'en': 4, 'fr': 3\}: lower evaluation.n_docs to 3"):
+        eval_documents(paths, 4)
