@@ -51,7 +51,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from langneurons.io import atomic_path
 
@@ -928,9 +928,9 @@ def selectivity_points(table: pd.DataFrame, target_language: str | None = None) 
     return points
 
 
-def _frontier_panel(ax: Axes, points: pd.DataFrame, methods: list, top_ks: list, goal: dict | None) -> None:
-    low = min(1.0, points["damage"].min(), points["effect"].min())
-    high = max(points["damage"].max(), points["effect"].max()) * 1.05
+def _frontier_panel(
+    ax: Axes, points: pd.DataFrame, methods: list, top_ks: list, goal: dict | None, low: float, high: float
+) -> None:
     if goal is not None:
         # the goal corner: effect >= ratio_on_target and effect >= selectivity * damage
         xs = np.linspace(low, high, 50)
@@ -946,14 +946,22 @@ def _frontier_panel(ax: Axes, points: pd.DataFrame, methods: list, top_ks: list,
                    edgecolor="black" if point["on_front"] else "none", zorder=2)  # fmt: skip
         ax.annotate(point["set_kind"], (point["damage"], point["effect"]), fontsize=6, xytext=(3, 2),
                     textcoords="offset points")  # fmt: skip
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
+    # log axes: the narrow rules' ratios of a few percent and the wide rules' factors of ten both stay readable
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis, limits in ((ax.xaxis, ax.set_xlim), (ax.yaxis, ax.set_ylim)):
+        limits(low * 0.99, high)
+        ticks = [t for t in _log_ticks(low, high) if low <= t <= high]
+        axis.set_major_locator(FixedLocator(ticks if len(ticks) > 1 else [low, high]))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def selectivity_frontier_figure(
     table: pd.DataFrame, goal: dict | None = None, per_language: bool = True, title: str | None = None
 ) -> Figure:
-    """Ratio on the set's own language against the mean ratio on the others, one point per rule, front marked.
+    """Ratio on the set's own language against the mean ratio on the others (perplexity with the set
+    deactivated over without, log axes), one point per rule, front marked.
 
     The first panel takes geometric means over the target languages; with ``per_language`` one panel per target
     follows. Colour: scoring method; marker: top-k; the shaded corner is ``goal`` (``ratio_on_target``,
@@ -964,11 +972,14 @@ def selectivity_frontier_figure(
     panels = [(None, "all target languages (geometric mean)")] + [(lang, f"target {lang}") for lang in targets]
     methods, top_ks = sorted(table["method"].unique()), sorted(table["top_k"].unique(), key=float)
     fig = Figure(figsize=(3.2 * min(len(panels), 4), 3.0 * math.ceil(len(panels) / 4) + 0.6), layout="constrained")
-    axes = _panel_axes(fig, len(panels))
+    axes = _panel_axes(fig, len(panels), sharex=True, sharey=True)
+    every = pd.concat([selectivity_points(table, target) for target, _ in panels])
+    low = min(1.0, every["damage"].min(), every["effect"].min())
+    high = max(every["damage"].max(), every["effect"].max()) * 1.05
     for ax, (target, label) in zip(axes, panels):
-        _frontier_panel(ax, selectivity_points(table, target), methods, top_ks, goal)
+        _frontier_panel(ax, selectivity_points(table, target), methods, top_ks, goal, low, high)
         ax.set_title(label, fontsize=9)
-    _label_grid(axes, "mean perplexity ratio on the other languages", "perplexity ratio on the own language")
+    _label_grid(axes, "mean ratio on the others", "ratio on the own language")
     handles = [Line2D([], [], color=OKABE_ITO[i % len(OKABE_ITO)], marker="o", ls="", label=f"method {m}")
                for i, m in enumerate(methods)]  # fmt: skip
     handles += [Line2D([], [], color="#7F7F7F", marker=MARKERS[i % len(MARKERS)], ls="", label=f"top-k {k}")

@@ -45,9 +45,12 @@ def test_summary_gains_changes_and_goal():
     assert (targeted["worst_other_change_min"], targeted["worst_other_change_max"]) == pytest.approx((-1.0, 4.0))
     assert targeted["random_gain_target"] == pytest.approx(5.0)
     assert bool(targeted["beats_random"]) and bool(targeted["others_within"]) and bool(targeted["goal"])
+    assert bool(targeted["beats_random_every_seed"]), "10% at worst against 5% at best"
+    assert targeted["max_other_harm_language"] == "de" and targeted["max_other_harm"] == pytest.approx(1.5)
     full = table.loc["full"]
     assert full["worst_other"] == "en" and full["worst_other_change"] == pytest.approx(5.0)
     assert not full["others_within"] and not full["goal"], "only targeted rows can meet the goal"
+    assert not full["others_not_harmed"] and not full["goal_one_sided"]
     assert not table.loc["random", "goal"]
 
 
@@ -59,3 +62,16 @@ def test_a_change_beyond_the_tolerance_fails_the_goal():
     table = finetune_sweep.summarise(runs).set_index("method")
     assert table.loc["targeted", "beats_random"] and not table.loc["targeted", "others_within"]
     assert not table.loc["targeted", "goal"]
+
+
+def test_an_improvement_of_another_language_fails_only_the_two_sided_goal():
+    runs = pd.DataFrame(
+        _runs("targeted", "specific", {0: {"fr": 9.0, "en": 9.0, "de": 10.0}, 1: {"fr": 8.0, "en": 9.0, "de": 10.0}})
+        + _runs("random", "specific", {0: {"fr": 8.5, "en": 10.0, "de": 10.0}, 1: {"fr": 9.9, "en": 10.0, "de": 10.0}})
+    )
+    targeted = finetune_sweep.summarise(runs).set_index("method").loc["targeted"]
+    assert targeted["worst_other"] == "en" and targeted["worst_other_change"] == pytest.approx(-10.0)
+    assert not targeted["others_within"] and targeted["others_not_harmed"]
+    assert not targeted["goal"] and targeted["goal_one_sided"]
+    # mean gains 15% against 8%, but the random subset's best seed (15%) beats targeted's worst (10%)
+    assert targeted["beats_random"] and not targeted["beats_random_every_seed"]

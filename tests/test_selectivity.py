@@ -82,22 +82,27 @@ def test_summary_ratios_match_hand_computed_perplexities(hand_made):
         assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"]
 
 
-def test_summary_intervals_are_a_joint_document_bootstrap(hand_made):
-    cells, base, real, control, tokens = hand_made
-    table = summarise_selectivity(cells, n_resamples=300, seed=7)
+def test_summary_intervals_are_a_joint_document_bootstrap():
+    rng = np.random.default_rng(3)
+    n = 15
+    tokens = {lang: rng.integers(5, 40, n).tolist() for lang in LANGUAGES}
+    base = {lang: [t * rng.uniform(1.5, 3.0) for t in tokens[lang]] for lang in LANGUAGES}
+    real = {lang: [b + t * rng.uniform(0.0, 0.8) for b, t in zip(base[lang], tokens[lang])] for lang in LANGUAGES}
+    rows = _rows("none", "none", -1, base, tokens, n_neurons=0) + _rows("fr", "real", -1, real, tokens)
+    table = summarise_selectivity(pd.DataFrame(rows)[list(CELL_COLUMNS)], n_resamples=300, seed=7)
     # reference: resample document positions, the same positions for every language and for base and real
-    draws = np.random.default_rng(7).integers(0, 4, size=(300, 4))
+    draws = np.random.default_rng(7).integers(0, n, size=(300, n))
     stats = []
-    for rows in draws:
+    for picked in draws:
         r = {
-            lang: _perplexity([real[lang][i] for i in rows], [tokens[lang][i] for i in rows])
-            / _perplexity([base[lang][i] for i in rows], [tokens[lang][i] for i in rows])
+            lang: _perplexity([real[lang][i] for i in picked], [tokens[lang][i] for i in picked])
+            / _perplexity([base[lang][i] for i in picked], [tokens[lang][i] for i in picked])
             for lang in LANGUAGES
         }
         stats.append(r["fr"] / ((r["en"] + r["zh"]) / 2))
     low, high = np.percentile(stats, [2.5, 97.5])
-    assert table.iloc[0]["selectivity_low"] == pytest.approx(low)
-    assert table.iloc[0]["selectivity_high"] == pytest.approx(high)
+    assert table.iloc[0]["selectivity_low"] == pytest.approx(low, rel=1e-9)
+    assert table.iloc[0]["selectivity_high"] == pytest.approx(high, rel=1e-9)
     assert high > low, "the documents differ, so the interval has a width"
 
 
