@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from langneurons import corpora, evaluation
-from langneurons.architectures import site_sizes
+from langneurons.architectures import dimensions, site_sizes
 from langneurons.config import parse_top_k_label, site_top_k, top_k_label  # noqa: F401 - the sweep's names
 from langneurons.evaluation import bootstrap_interval
 from langneurons.io import provenance, read_parquet, write_json_atomic, write_parquet_atomic
@@ -121,7 +121,8 @@ def measure_sets(
 
     baseline = document_nlls(model, tokenizer, eval_docs, settings)
     parts = [baseline.assign(target_language=BASELINE, control=BASELINE, seed=-1, n_neurons=0)]
-    sizes, n_layers = site_sizes(model), model.config.num_hidden_layers
+    # the text model's layers, also when the config nests it (multimodal Gemma-3)
+    sizes, n_layers = site_sizes(model), dimensions(model).n_layers
     for target in targets:
         chosen = language_set(neurons, target, set_kind)
         sets = [("real", -1, chosen)]
