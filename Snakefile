@@ -47,8 +47,10 @@ include: "rules/report.smk"
 include: "rules/figures.smk"
 include: "rules/ablation.smk"
 include: "rules/finetune.smk"
+include: "rules/selectivity.smk"
 
 
 rule all:
     input:
         final_outputs(),
+        selectivity_outputs(),

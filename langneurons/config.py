@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,55 @@ def _check_corpus_files(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"corpus.{error}") from None
 
 
+def top_k_label(value: float | int) -> str:
+    """The canonical, file-name-safe name of a top-k: ``0.25`` (a fraction of each site) or ``64`` (a count)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"selectivity.top_k has {value!r}: give fractions in (0, 1) or whole counts >= 1")
+    if value >= 1:
+        if value != int(value):
+            raise ConfigError(f"selectivity.top_k has {value!r}: a count (>= 1) must be a whole number")
+        return str(int(value))
+    return format(Decimal(repr(float(value))).normalize(), "f")
+
+
+def parse_top_k_label(label: str) -> float | int:
+    """The top-k a :func:`top_k_label` name stands for."""
+    value = float(label) if "." in label else int(label)
+    if top_k_label(value) != label:
+        raise ConfigError(f"top-k name {label!r} is not canonical; write {top_k_label(value)!r}")
+    return value
+
+
+def site_top_k(value: float | int, sites: Sequence[str]) -> dict[str, float | int]:
+    """One top-k for every scored site (the sweep varies them together)."""
+    return {site: value for site in sites}
+
+
+def _check_selectivity(config: Mapping[str, Any]) -> None:
+    sweep, languages = config["selectivity"], list(config["languages"])
+    if not sweep["methods"]:
+        return
+    for value in sweep["top_k"]:
+        top_k_label(value)
+    unknown = [lang for lang in sweep["targets"] or [] if lang not in languages]
+    if unknown:
+        raise ConfigError(
+            f"selectivity.targets: {unknown} are not in `languages` {languages}; add them to `languages` or remove "
+            "them from selectivity.targets"
+        )
+    wide = [kind for kind in sweep["set_kinds"] if kind.startswith("shared_by_at_most-")]
+    wide = [kind for kind in wide if int(kind.rpartition("-")[2]) > len(languages)]
+    if wide:
+        raise ConfigError(
+            f"selectivity.set_kinds: {wide} count more languages than the {len(languages)} in `languages`; use "
+            f"shared_by_at_most-1 .. shared_by_at_most-{len(languages)}"
+        )
+    if len(languages) < 2:
+        raise ConfigError(
+            f"selectivity compares a language's damage with the others': `languages` {languages} needs two"
+        )
+
+
 #: Every check, in the order they run.
 CHECKS = (
     _check_languages,
@@ -315,6 +365,7 @@ CHECKS = (
     _check_detectors,
     _check_set_kinds,
     _check_document_counts,
+    _check_selectivity,
 )
 
 

@@ -28,6 +28,8 @@ fine-tuning gains  method, target_language, eval_language, metric, value,
                    phase (before/after) [, seed]; "before" rows with an empty method
                    are the shared base model and apply to every method
 stability          language, n_docs, jaccard [, replicate]
+selectivity        method, top_k, set_kind, target_language, ratio_on_target,
+                   mean_ratio_others  (selectivity/table.parquet)
 ================== =====================================================================
 
 Bad input raises :class:`PlotInputError` naming the missing column or value.
@@ -49,7 +51,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from langneurons.io import atomic_path
 
@@ -71,9 +73,13 @@ __all__ = [
     "plot_language_ratio",
     "plot_neuron_counts",
     "plot_overlap",
+    "pareto_front",
+    "plot_selectivity_frontier",
     "plot_stability",
     "require_columns",
     "save_figure",
+    "selectivity_frontier_figure",
+    "selectivity_points",
     "stability_figure",
 ]
 
@@ -877,3 +883,113 @@ def stability_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
 def plot_stability(table: pd.DataFrame, path: str | os.PathLike, **kwargs) -> tuple[Path, Path]:
     """Write :func:`stability_figure` as PNG and SVG."""
     return save_figure(stability_figure(table, **kwargs), path)
+
+
+# ---- selectivity frontier -----------------------------------------------------------------------
+
+SELECTIVITY_COLUMNS: tuple[str, ...] = (
+    "method", "top_k", "set_kind", "target_language", "ratio_on_target", "mean_ratio_others",
+)  # fmt: skip
+
+
+def pareto_front(damage: Sequence[float], effect: Sequence[float]) -> np.ndarray:
+    """Bool mask of the points no other point beats: at most the damage and at least the effect, one strictly.
+
+    Of identical points one is kept; points with a NaN coordinate are never on the front.
+    """
+    damage, effect = np.asarray(damage, dtype=np.float64), np.asarray(effect, dtype=np.float64)
+    valid = np.isfinite(damage) & np.isfinite(effect)
+    front = np.zeros(len(damage), dtype=bool)
+    # by damage (ties: the larger effect first), a point is on the front when it beats every effect before it
+    best = -np.inf
+    for i in np.lexsort((-effect, damage)):
+        if valid[i] and effect[i] > best:
+            front[i] = True
+            best = effect[i]
+    return front
+
+
+def selectivity_points(table: pd.DataFrame, target_language: str | None = None) -> pd.DataFrame:
+    """One point per (method, top_k, set_kind): ``effect`` (ratio on the target) and ``damage`` (mean ratio on
+    the others), geometric means over the target languages (or one target's), and ``on_front``."""
+    require_columns(table, SELECTIVITY_COLUMNS, "selectivity frontier")
+    if target_language is not None:
+        table = table[table["target_language"] == target_language]
+        if table.empty:
+            raise PlotInputError(f"selectivity frontier: no rows of target language {target_language!r}")
+    points = (
+        table.assign(log_effect=np.log(table["ratio_on_target"]), log_damage=np.log(table["mean_ratio_others"]))
+        .groupby(["method", "top_k", "set_kind"], sort=True)[["log_effect", "log_damage"]]
+        .mean()
+        .reset_index()
+    )
+    points["effect"], points["damage"] = np.exp(points.pop("log_effect")), np.exp(points.pop("log_damage"))
+    points["on_front"] = pareto_front(points["damage"], points["effect"])
+    return points
+
+
+def _frontier_panel(
+    ax: Axes, points: pd.DataFrame, methods: list, top_ks: list, goal: dict | None, low: float, high: float
+) -> None:
+    if goal is not None:
+        # the goal corner: effect >= ratio_on_target and effect >= selectivity * damage
+        xs = np.linspace(low, high, 50)
+        floor = np.maximum(goal["ratio_on_target"], goal["selectivity"] * xs)
+        ax.fill_between(xs, floor, high, where=floor < high, color="#009E73", alpha=0.12, lw=0, label="goal")
+    ax.plot([low, high], [low, high], color="#7F7F7F", lw=0.8, ls=":", label="no selectivity (y = x)")
+    front = points[points["on_front"]].sort_values("damage")
+    ax.plot(front["damage"], front["effect"], color="#000000", lw=1.0, ls="-", label="Pareto front", zorder=1)
+    for _, point in points.iterrows():
+        color = OKABE_ITO[methods.index(point["method"]) % len(OKABE_ITO)]
+        marker = MARKERS[top_ks.index(point["top_k"]) % len(MARKERS)]
+        ax.scatter(point["damage"], point["effect"], color=color, marker=marker, s=36 if point["on_front"] else 18,
+                   edgecolor="black" if point["on_front"] else "none", zorder=2)  # fmt: skip
+        ax.annotate(point["set_kind"], (point["damage"], point["effect"]), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")  # fmt: skip
+    # log axes: the narrow rules' ratios of a few percent and the wide rules' factors of ten both stay readable
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis, limits in ((ax.xaxis, ax.set_xlim), (ax.yaxis, ax.set_ylim)):
+        limits(low * 0.99, high)
+        ticks = [t for t in _log_ticks(low, high) if low <= t <= high]
+        axis.set_major_locator(FixedLocator(ticks if len(ticks) > 1 else [low, high]))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def selectivity_frontier_figure(
+    table: pd.DataFrame, goal: dict | None = None, per_language: bool = True, title: str | None = None
+) -> Figure:
+    """Ratio on the set's own language against the mean ratio on the others (perplexity with the set
+    deactivated over without, log axes), one point per rule, front marked.
+
+    The first panel takes geometric means over the target languages; with ``per_language`` one panel per target
+    follows. Colour: scoring method; marker: top-k; the shaded corner is ``goal`` (``ratio_on_target``,
+    ``selectivity``).
+    """
+    require_columns(table, SELECTIVITY_COLUMNS, "selectivity frontier")
+    targets = sorted(table["target_language"].unique()) if per_language else []
+    panels = [(None, "all target languages (geometric mean)")] + [(lang, f"target {lang}") for lang in targets]
+    methods, top_ks = sorted(table["method"].unique()), sorted(table["top_k"].unique(), key=float)
+    fig = Figure(figsize=(3.2 * min(len(panels), 4), 3.0 * math.ceil(len(panels) / 4) + 0.6), layout="constrained")
+    axes = _panel_axes(fig, len(panels), sharex=True, sharey=True)
+    every = pd.concat([selectivity_points(table, target) for target, _ in panels])
+    low = min(1.0, every["damage"].min(), every["effect"].min())
+    high = max(every["damage"].max(), every["effect"].max()) * 1.05
+    for ax, (target, label) in zip(axes, panels):
+        _frontier_panel(ax, selectivity_points(table, target), methods, top_ks, goal, low, high)
+        ax.set_title(label, fontsize=9)
+    _label_grid(axes, "mean ratio on the others", "ratio on the own language")
+    handles = [Line2D([], [], color=OKABE_ITO[i % len(OKABE_ITO)], marker="o", ls="", label=f"method {m}")
+               for i, m in enumerate(methods)]  # fmt: skip
+    handles += [Line2D([], [], color="#7F7F7F", marker=MARKERS[i % len(MARKERS)], ls="", label=f"top-k {k}")
+                for i, k in enumerate(top_ks)]  # fmt: skip
+    handles += axes[0].get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=7, frameon=False)
+    fig.suptitle(title or "Selectivity of the set rules: damage to the own language vs the others", fontsize=11)
+    return fig
+
+
+def plot_selectivity_frontier(table: pd.DataFrame, path: str | os.PathLike, **kwargs) -> tuple[Path, Path]:
+    """:func:`selectivity_frontier_figure`, saved as PNG and SVG."""
+    return save_figure(selectivity_frontier_figure(table, **kwargs), path)

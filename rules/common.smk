@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from langneurons.conditions import CONDITIONS, deactivated_condition, token_language_names
+from langneurons.config import parse_top_k_label, site_top_k, top_k_label
 from langneurons.imports import library_files
 from langneurons.models import cached_model_fingerprint, gguf_source, local_model_source, package_version
 
@@ -235,3 +236,57 @@ def final_outputs():
     if finetune_grid_on():
         outputs.append(f"{RESULTS}/finetune/results.parquet")
     return outputs
+
+
+# ---- the selectivity sweep ------------------------------------------------------------------------
+
+SELECTIVITY = config["selectivity"]
+SELECTIVITY_METHOD_RE = r"paper|released_code"
+TOP_K_RE = r"[0-9]+(\.[0-9]+)?"
+# the set kinds' exact spelling is checked by the schema (selectivity.set_kinds)
+SWEEP_SET_KIND_RE = r"[a-z_]+(-[0-9.]+)?"
+
+
+def selectivity_on():
+    return bool(SELECTIVITY["methods"])
+
+
+def selectivity_top_k(label):
+    """A sweep top-k (its canonical name) as the per-site mapping the counting step takes."""
+    return site_top_k(parse_top_k_label(label), config["scoring"]["sites"])
+
+
+def sweep_score_shards(method, language):
+    """A language's score shards for a scoring method: the main run's when it is scoring.method (no rescoring)."""
+    if method == config["scoring"]["method"]:
+        return score_shards(language)
+    return expand(
+        f"{RESULTS}/selectivity/scores/{method}/{language}/shard{{shard}}-of-{SHARDS}.safetensors", shard=range(SHARDS)
+    )
+
+
+def sweep_counts(method, label, language):
+    """A language's activation counts for a method and top-k: the main run's when both are the configured ones."""
+    sites = config["scoring"]["sites"]
+    configured = {site: config["selection"]["top_k"][site] for site in sites}
+    if method == config["scoring"]["method"] and selectivity_top_k(label) == configured:
+        return f"{RESULTS}/counts/{language}.safetensors"
+    return f"{RESULTS}/selectivity/counts/{method}/{label}/{language}.safetensors"
+
+
+def selectivity_cells():
+    return expand(
+        f"{RESULTS}/selectivity/cells/{{method}}/{{top_k}}/{{set_kind}}.parquet",
+        method=SELECTIVITY["methods"],
+        top_k=[top_k_label(value) for value in SELECTIVITY["top_k"]],
+        set_kind=SELECTIVITY["set_kinds"],
+    )
+
+
+def selectivity_outputs():
+    if not selectivity_on():
+        return []
+    return [
+        f"{RESULTS}/selectivity/table.parquet",
+        *[f"{FIGURES}/selectivity_frontier.{ext}" for ext in ("png", "svg")],
+    ]

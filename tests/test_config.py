@@ -270,6 +270,16 @@ DEMO_LANGUAGES = DEFAULT["model"]["demo_languages"]
             {"corpus": {"split_sizes": {"finetune": 10}}},
             r"finetune.training.n_docs=400 but corpus.split_sizes.finetune=10",
         ),
+        (
+            "_check_selectivity",
+            {"selectivity": {"methods": ["paper"], "targets": ["en", "xx"]}},
+            r"selectivity.targets: \['xx'\] are not in `languages`",
+        ),
+        (
+            "_check_selectivity",
+            {"selectivity": {"methods": ["paper"], "set_kinds": ["exclusive", "shared_by_at_most-8"]}},
+            r"selectivity.set_kinds: \['shared_by_at_most-8'\] count more languages than the 7",
+        ),
     ],
 )
 def test_each_check_names_the_field_and_the_fix(check, changes, message):

@@ -481,6 +481,10 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
             dict(corpus__source={"source": "files", "paths": dict.fromkeys(["en", "fr", "zh", "de"], "corpus/en.txt")}),
             r"corpus.source.paths.en: file 'corpus/en.txt' does not exist; fix source.paths",
         ),
+        (dict(selectivity__methods=["paper"], selectivity__set_kinds=["contrast-0.50"]), "does not match"),
+        (dict(selectivity__methods=["paper"], selectivity__targets=["de"]), r"selectivity.targets: \['de'\]"),
+        (dict(selectivity__methods=["paper"], selectivity__set_kinds=["shared_by_at_most-4"]), "count more languages"),
+        (dict(selectivity__methods=["paper"], selectivity__top_k=[2.5]), "a count .* must be a whole number"),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):
@@ -622,3 +626,45 @@ def test_a_gguf_model_is_converted_once_and_tracked_by_its_content(run_copy):
     assert run_copy.planned(target, config=config) == []
     save_tiny_gguf(gguf, tiny_model("llama", seed=1))  # another model in place
     assert rules_of(run_copy.planned(target, config=config)) == converted_then_scored
+
+
+SWEEP = dict(
+    selectivity__methods=["paper", "released_code"],
+    selectivity__top_k=[0.25, 0.1],
+    selectivity__set_kinds=["specific", "shared_by_at_most-2"],
+    selectivity__n_resamples=50,
+)
+
+
+def test_the_selectivity_sweep_reuses_cached_scores_and_counts_and_summarises_every_set(run_copy):
+    config = run_copy.config_file("sweep.yaml", **SWEEP)
+    targets = ["results/tiny/selectivity/table.parquet", "results/tiny/figures/selectivity_frontier.png"]
+    jobs = run_copy.planned("--", *targets, config=config)
+    # released_code rescored (3 languages x 2 shards); counts for every (method, top-k) but the configured one
+    assert rules_of(jobs) == Counter(
+        {"selectivity_score_shard": 6, "selectivity_counts": 9, "selectivity_cell": 8, "selectivity_table": 1,
+         "figure_selectivity": 1}
+    )  # fmt: skip
+    assert {w["method"] for rule, w in jobs if rule == "selectivity_score_shard"} == {"released_code"}
+    counted = {(w["method"], w["top_k"]) for rule, w in jobs if rule == "selectivity_counts"}
+    assert counted == {("paper", "0.1"), ("released_code", "0.25"), ("released_code", "0.1")}
+    run_copy.run("--", *targets, config=config)
+    import pandas as pd
+
+    table = pd.read_parquet(run_copy.results / "selectivity" / "table.parquet")
+    expected = {(m, k, s, t) for m in ("paper", "released_code") for k in ("0.25", "0.1")
+                for s in ("specific", "shared_by_at_most-2") for t in run_copy.tiny["languages"]}  # fmt: skip
+    assert set(zip(table["method"], table["top_k"], table["set_kind"], table["target_language"])) == expected
+    assert (table["n_docs"] == run_copy.tiny["evaluation"]["n_docs"]).all()
+    filled = table[table["n_neurons"] > 0]
+    assert len(filled) and (filled["ratio_on_target_low"] <= filled["ratio_on_target"]).all()
+    assert (filled["ratio_on_target"] <= filled["ratio_on_target_high"]).all()
+    best = pd.read_parquet(run_copy.results / "selectivity" / "best.parquet")
+    assert set(best["target_language"]) == {*run_copy.tiny["languages"], "all"}
+    assert (run_copy.results / "figures" / "selectivity_frontier.svg").stat().st_size > 1000
+    assert run_copy.planned("--", *targets, config=config) == []
+    # a new goal re-judges the table and redraws, measuring nothing again
+    regoal = run_copy.config_file("regoal.yaml", **SWEEP, selectivity__goal={"selectivity": 2.0})
+    assert rules_of(run_copy.planned("--", *targets, config=regoal)) == Counter(
+        {"selectivity_table": 1, "figure_selectivity": 1}
+    )

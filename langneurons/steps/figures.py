@@ -22,6 +22,7 @@ from langneurons.plotting import (
     plot_language_ratio,
     plot_neuron_counts,
     plot_overlap,
+    plot_selectivity_frontier,
     plot_stability,
     save_figure,
 )
@@ -141,3 +142,11 @@ def stability_figure_step(stability_path: str, set_kind: str, png_path: str, svg
     _check_outputs(png_path, svg_path)
     table = read_parquet(stability_path)
     return plot_stability(table, png_path, title=f"Stability of the {set_kind} neuron sets (mean ± std over draws)")
+
+
+def selectivity_figure_step(
+    table_path: str, goal: Mapping[str, float], png_path: str, svg_path: str
+) -> tuple[Path, Path]:
+    """The selectivity frontier: ratio on the own language against the others', per rule, front and goal marked."""
+    _check_outputs(png_path, svg_path)
+    return plot_selectivity_frontier(read_parquet(table_path), png_path, goal=dict(goal))
