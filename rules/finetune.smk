@@ -14,10 +14,12 @@ rule finetune_cell:
         # full fine-tuning and "none" use no neuron set, so they do not rerun when the sets change
         neurons=lambda w: [] if w.method in ("full", "none") else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
+        data=evaluation_inputs(),
         code=library_of("finetune_cell.py"),
     output:
         artefact=directory(f"{RESULTS}/finetune/{{target}}/{{method}}"),
         table=f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
+        items=f"{RESULTS}/finetune/{{target}}/{{method}}.items.parquet",
     wildcard_constraints:
         target=LANGUAGE_RE,
         method=FINETUNE_METHOD_RE,
@@ -27,7 +29,7 @@ rule finetune_cell:
         set_kind=FINETUNE["set_kind"],
         control_seed=FINETUNE["control_seed"],
         training=canonical(FINETUNE["training"]),
-        evaluation=canonical(config["evaluation"]),
+        evaluation=evaluation_params(),
         seed=config["seed"],
     threads: cpus("finetune")
     resources:
@@ -45,9 +47,12 @@ rule finetune_cell:
 rule finetune_results:
     input:
         tables=finetune_tables(),
+        items=finetune_tables("items.parquet"),
         code=library_of("finetune_results.py"),
     output:
         f"{RESULTS}/finetune/results.parquet",
+    params:
+        uncertainty=canonical(config["uncertainty"]),
     threads: cpus("light")
     resources:
         **job_resources("light"),

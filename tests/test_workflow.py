@@ -46,7 +46,9 @@ FIGURES = {
     "fig3_overlap": "How much the languages' specific neuron sets overlap.",
     "fig3b_overlap_lape": "How much the languages' LAPE neuron sets overlap.",
     "fig4_ablation_perplexity": "What deactivating each language's neurons does to every language (perplexity).",
+    "fig4_ablation_xcsqa": "What deactivating each language's neurons does to every language (xcsqa).",
     "fig5_finetune_perplexity": "What fine-tuning for one language does to every language (perplexity).",
+    "fig5_finetune_xcsqa": "What fine-tuning for one language does to every language (xcsqa).",
     "fig6_stability": "How stable the language-specific neuron sets are.",
 }
 #: What a new neuron table reschedules downstream of it: each language's decoding with its specific
@@ -59,9 +61,9 @@ AFTER_NEURON_SETS = {
     "figure_neuron_counts": 1,
     "figure_overlap": 1,
     "figure_overlap_lape": 1,
-    # the real and random ablation cells of PLND and LAPE (not the baseline), and targeted
-    # fine-tuning (not "none")
-    "ablation_cell": 4,
+    # the real and random ablation groups (each holds the cells of PLND and LAPE; not the baseline),
+    # and targeted fine-tuning (not "none")
+    "ablation_group": 2,
     "ablation_grid": 1,
     "figure_ablation": 1,
     "finetune_cell": 1,
@@ -74,6 +76,23 @@ STABILITY = {"stability": 1, "figure_stability": 1}
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 pytestmark = pytest.mark.workflow
+
+
+def write_xcsqa(folder: Path) -> str:
+    """Four X-CSQA items per language of the tiny run, in X-CSR's layout (<lang>/dev.jsonl)."""
+    stems = {"en": "Where does the water go", "fr": "Où va l'eau", "zh": "水去哪里"}
+    choices = {"en": ["the sea", "the sky", "the road"], "fr": ["la mer", "le ciel", "la route"],
+               "zh": ["海", "天", "路"]}  # fmt: skip
+    for language, stem in stems.items():
+        (folder / language).mkdir(parents=True)
+        items = [
+            {"id": f"{language}{i}", "answerKey": "ABC"[i % 3],
+             "question": {"stem": f"{stem} {i}?", "choices": [{"label": label, "text": text} for label, text in
+                                                              zip("ABC", choices[language])]}}
+            for i in range(4)
+        ]  # fmt: skip
+        (folder / language / "dev.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items), "utf-8")
+    return str(folder)
 
 
 class Workflow:
@@ -89,6 +108,9 @@ class Workflow:
             else:
                 shutil.copy2(source, self.repo / name)
         self.tiny = yaml.safe_load((REPO / "tests" / "config" / "tiny.yaml").read_text())
+        # one of the paper's benchmarks from local files, in the run's languages
+        self.tiny["evaluation"]["metrics"] = [*self.tiny["evaluation"]["metrics"], "xcsqa"]
+        self.tiny["evaluation"]["benchmarks"] = {"xcsqa": {"source": write_xcsqa(root / "xcsqa"), "n_items": 4}}
         self.results = self.workdir / "results" / self.tiny["run"]
 
     def config_file(self, name: str = "tiny.yaml", **changes) -> Path:
@@ -211,6 +233,38 @@ def test_runs_end_to_end_and_then_has_nothing_to_do(workflow):
     assert workflow.planned() == []
 
 
+def test_the_grouped_ablation_gives_the_grid_of_cells_evaluated_one_by_one(workflow, tmp_path):
+    """The workflow evaluates a target's cells in one job on one model; each cell evaluated on its own, on a
+    freshly loaded model, gives the same grid."""
+    import pandas as pd
+
+    from langneurons.config import load_schema, resolve_config
+    from langneurons.steps.ablation import CELL_KEYS, ablation_cell_step, ablation_grid_step
+
+    layers = [yaml.safe_load(path.read_text()) for path in (workflow.repo / "config.yaml", workflow.config_file())]
+    config = resolve_config(layers, load_schema(workflow.repo / "schemas" / "config.schema.yaml"))
+    grid = read_parquet(workflow.results / "ablation" / "grid.parquet")
+    assert set(grid["metric"]) == {"perplexity", "xcsqa"} and grid["chance"].notna().any()
+    assert grid[["low", "high", "ratio_low", "ratio_high"]].notna().all().all()
+    settings = {**config["evaluation"], **config["execution"]["evaluation"], "seed": config["seed"]}
+    corpora = {lang: str(workflow.results / "corpus" / f"{lang}.parquet") for lang in config["languages"]}
+    cells, items = [], []
+    for i, key in enumerate(grid[list(CELL_KEYS)].drop_duplicates().itertuples(index=False)):
+        cell = {"condition": key.condition, "detector": key.detector, "set_kind": key.set_kind,
+                "target_language": key.target_language,
+                "control_seed": None if key.control == "real" else int(key.seed)}  # fmt: skip
+        cells.append(str(tmp_path / f"{i}.parquet"))
+        items.append(str(tmp_path / f"{i}.items.parquet"))
+        ablation_cell_step(corpora, str(workflow.results / "neurons" / "neurons.parquet"),
+                           {**config["model"], "device_map": None}, str(workflow.results / "model"), cell,
+                           config["stages"], settings, cells[-1], items[-1], str(tmp_path / f"{i}.json"))  # fmt: skip
+    assert len(cells) == 5, "the baseline, and PLND's and LAPE's set of zh with its random control"
+    ablation_grid_step(cells, items, config["uncertainty"], str(tmp_path / "grid.parquet"))
+    order = [*CELL_KEYS, "eval_language", "metric"]
+    reference = read_parquet(tmp_path / "grid.parquet").sort_values(order).reset_index(drop=True)
+    pd.testing.assert_frame_equal(grid.sort_values(order).reset_index(drop=True), reference[grid.columns])
+
+
 def test_reordering_config_keys_reruns_nothing(workflow):
     reordered = yaml.safe_load(workflow.config_file().read_text())
     reordered = {key: reordered[key] for key in reversed(list(reordered))}
@@ -249,7 +303,8 @@ def test_adding_a_language_scores_only_that_language(workflow):
             **STABILITY,
             "logit_lens": 8,
             # every cell evaluates every language
-            "ablation_cell": 5,
+            "ablation_baseline": 1,
+            "ablation_group": 2,
             "finetune_cell": 2,
         }
     )
@@ -297,7 +352,8 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
             **dict.fromkeys(figures, 1),
             "token_languages": 1,
             "logit_lens": 6,
-            "ablation_cell": 5,
+            "ablation_baseline": 1,
+            "ablation_group": 2,
             "finetune_cell": 2,
         }
     )
@@ -408,11 +464,13 @@ def test_the_7b_preset_plans_its_full_dag_for_a_gpu_cluster_offline(tmp_path):
     assert counts["count_activations"] == len(languages)
     assert counts["logit_lens"] == 2 * len(languages)
     seeds = len(config["ablation"]["control_seeds"])
-    assert counts["ablation_cell"] == 1 + len(config["ablation"]["conditions"]) * len(languages) * (1 + seeds)
+    # one job per target and control (each evaluates every condition's cell), and the baseline
+    assert counts["ablation_group"] == len(languages) * (1 + seeds) and counts["ablation_baseline"] == 1
     assert counts["finetune_cell"] == len(languages) * len(config["finetune"]["methods"])
     assert "train_demo_model" not in counts
     groups = {
-        "score_shard": "scoring", "logit_lens": "logit_lens", "ablation_cell": "ablation",
+        "score_shard": "scoring", "logit_lens": "logit_lens", "ablation_group": "ablation",
+        "ablation_baseline": "ablation",
         "finetune_cell": "finetune", "count_activations": "sets", "stability": "sets", "neuron_sets": "light",
         "sample_corpus": "light", "figure_overlap": "light",
     }  # fmt: skip
@@ -459,6 +517,7 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(figures__set_kind="exclusive", selection__set_kinds=["activated", "specific"]), "figures.set_kind uses"),
         (dict(scoring__batch_size=16), "scoring.batch_size is an execution setting: set it as execution.scoring"),
         (dict(finetune__training={"learning_rate": 1e-5}), "'learning_rate' was unexpected"),
+        (dict(evaluation__benchmarks={"xcsqa": {"source": "nowhere"}}), r"benchmarks.xcsqa.source='nowhere'"),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):
