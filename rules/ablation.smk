@@ -21,7 +21,7 @@ rule ablation_baseline:
         code=library_of("ablation_cells.py"),
     output:
         cells=[f"{ABLATION_BASELINE}.parquet"],
-        items=[f"{ABLATION_BASELINE}.items.parquet"],
+        per_item=[f"{ABLATION_BASELINE}.items.parquet"],
         records=[f"{ABLATION_BASELINE}.json"],
     params:
         languages=LANGUAGES,
@@ -55,7 +55,7 @@ if ablation_group_cells():
             code=library_of("ablation_cells.py"),
         output:
             cells=ablation_group_outputs("parquet"),
-            items=ablation_group_outputs("items.parquet"),
+            per_item=ablation_group_outputs("items.parquet"),
             records=ablation_group_outputs("json"),
         wildcard_constraints:
             target=LANGUAGE_RE,
@@ -87,7 +87,7 @@ if ablation_group_cells():
 rule ablation_grid:
     input:
         cells=ablation_cells("parquet"),
-        items=ablation_cells("items.parquet"),
+        per_item=ablation_cells("items.parquet"),
         code=library_of("ablation_grid.py"),
     output:
         f"{RESULTS}/ablation/grid.parquet",

@@ -19,7 +19,7 @@ rule finetune_cell:
     output:
         artefact=directory(f"{RESULTS}/finetune/{{target}}/{{method}}"),
         table=f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
-        items=f"{RESULTS}/finetune/{{target}}/{{method}}.items.parquet",
+        per_item=f"{RESULTS}/finetune/{{target}}/{{method}}.items.parquet",
     wildcard_constraints:
         target=LANGUAGE_RE,
         method=FINETUNE_METHOD_RE,
@@ -47,7 +47,7 @@ rule finetune_cell:
 rule finetune_results:
     input:
         tables=finetune_tables(),
-        items=finetune_tables("items.parquet"),
+        per_item=finetune_tables("items.parquet"),
         code=library_of("finetune_results.py"),
     output:
         f"{RESULTS}/finetune/results.parquet",

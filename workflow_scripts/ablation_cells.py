@@ -15,6 +15,6 @@ with logged(snakemake.log):
         settings={**snakemake.params.settings, **execution["evaluation"], "seed": snakemake.params.seed},
         outputs=[
             {"cell": cell, "items": items, "record": record}
-            for cell, items, record in zip(snakemake.output.cells, snakemake.output.items, snakemake.output.records)
+            for cell, items, record in zip(snakemake.output.cells, snakemake.output.per_item, snakemake.output.records)
         ],
     )
