@@ -13,13 +13,13 @@ from typing import Any
 
 import pandas as pd
 
-from langneurons import corpora, evaluation
+from langneurons import corpora
 from langneurons.architectures import dimensions, site_sizes
 from langneurons.interventions import condition_neurons, deactivate, layer_stages
 from langneurons.io import provenance, read_parquet, write_json_atomic, write_parquet_atomic
 from langneurons.selection import language_set, random_control
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
-from langneurons.steps.evaluation import ITEM_COLUMNS, empty_results, evaluation_tasks, run_tasks
+from langneurons.steps.evaluation import ITEM_COLUMNS, empty_results, evaluation_tasks, interval_columns, run_tasks
 
 #: What identifies a cell.
 CELL_KEYS = ("condition", "detector", "set_kind", "target_language", "control", "seed")
@@ -195,7 +195,7 @@ def ablation_grid_step(
     for _, row in table.iterrows():
         mine = cell_items(row)
         base = _metric_items(baseline_items, row["eval_language"], row["metric"])
-        rows.append(_row_intervals(row["metric"], base, [mine] if mine is not None and len(mine) else [], options))
+        rows.append(interval_columns(row["metric"], base, [mine] if mine is not None and len(mine) else [], options))
     table = pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
     table["n_seeds"] = 0  # the real sets (and the baseline) have no control seeds
     table[["seeds_ratio", "seeds_ratio_low", "seeds_ratio_high"]] = float("nan")
@@ -205,27 +205,9 @@ def ablation_grid_step(
         treated = [t for t in treated if t is not None and len(t)]
         first = group.iloc[0]
         base = _metric_items(baseline_items, first["eval_language"], first["metric"])
-        change = _row_intervals(first["metric"], base, treated, options)
+        change = interval_columns(first["metric"], base, treated, options)
         table.loc[group.index, "n_seeds"] = len(group)
         table.loc[group.index, "seeds_ratio"] = change["ratio_to_baseline"]
         table.loc[group.index, "seeds_ratio_low"] = change["ratio_low"]
         table.loc[group.index, "seeds_ratio_high"] = change["ratio_high"]
     write_parquet_atomic(table, out_path)
-
-
-def _row_intervals(metric: str, baseline: pd.DataFrame, treated: Sequence[pd.DataFrame],
-                   options: Mapping[str, Any]) -> dict[str, float]:  # fmt: skip
-    """The interval of the (first) treated value, and its paired change from the baseline (NaN without items)."""
-    nan = float("nan")
-    out = dict.fromkeys(("low", "high", "ratio_to_baseline", "ratio_low", "ratio_high", "difference_to_baseline",
-                         "difference_low", "difference_high"), nan)  # fmt: skip
-    if not treated:
-        return out
-    interval = evaluation.metric_interval(metric, treated[0], **options)
-    out.update(low=interval.low, high=interval.high)
-    if len(baseline):
-        change = evaluation.paired_metric_changes(metric, baseline, treated, **options)
-        out.update(ratio_to_baseline=change.ratio.estimate, ratio_low=change.ratio.low, ratio_high=change.ratio.high,
-                   difference_to_baseline=change.difference.estimate, difference_low=change.difference.low,
-                   difference_high=change.difference.high)  # fmt: skip
-    return out

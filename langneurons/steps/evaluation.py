@@ -120,3 +120,28 @@ def empty_results(tasks: Sequence[EvaluationTask]) -> tuple[pd.DataFrame, pd.Dat
     rows = [{"eval_language": t.language, "metric": t.metric, "value": np.nan, "n": 0, "chance": np.nan}
             for t in tasks]  # fmt: skip
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), pd.DataFrame(columns=list(ITEM_COLUMNS))
+
+
+def interval_columns(
+    metric: str,
+    baseline: pd.DataFrame,
+    treated: Sequence[pd.DataFrame],
+    options: Mapping[str, Any],
+    reference: str = "baseline",
+) -> dict[str, float]:
+    """Interval columns of a grid row: ``low``/``high`` of the (first) treated value over its items, and its
+    change from ``baseline`` (``ratio_to_<reference>``, ``difference_to_<reference>`` with their ``_low``/``_high``),
+    paired over the same items and, with several treated tables (control seeds), over them too. NaN where the
+    items are missing. ``options``: n_resamples, seed, confidence."""
+    out = dict.fromkeys(("low", "high", f"ratio_to_{reference}", "ratio_low", "ratio_high",
+                         f"difference_to_{reference}", "difference_low", "difference_high"), float("nan"))  # fmt: skip
+    if not treated:
+        return out
+    interval = evaluation.metric_interval(metric, treated[0], **options)
+    out.update(low=interval.low, high=interval.high)
+    if len(baseline):
+        change = evaluation.paired_metric_changes(metric, baseline, treated, **options)
+        out.update({f"ratio_to_{reference}": change.ratio.estimate, "ratio_low": change.ratio.low,
+                    "ratio_high": change.ratio.high, f"difference_to_{reference}": change.difference.estimate,
+                    "difference_low": change.difference.low, "difference_high": change.difference.high})  # fmt: skip
+    return out

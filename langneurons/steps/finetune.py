@@ -14,12 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from langneurons import corpora, evaluation, finetuning
+from langneurons import corpora, finetuning
 from langneurons.io import read_parquet, write_parquet_atomic
 from langneurons.selection import language_set
 from langneurons.steps.ablation import read_eval_documents
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
-from langneurons.steps.evaluation import ITEM_COLUMNS, evaluation_tasks, run_tasks
+from langneurons.steps.evaluation import ITEM_COLUMNS, evaluation_tasks, interval_columns, run_tasks
 
 FINETUNE_COLUMNS = (
     "method", "target_language", "eval_language", "metric", "value", "n", "chance", "trainable_params", "wall_s",
@@ -111,18 +111,8 @@ def finetune_results_step(
     rows = []
     for _, row in table.iterrows():
         key = (row["target_language"], row["eval_language"], row["metric"])
-        mine = groups.get((row["method"], *key))
-        base = groups.get(("none", *key))
-        out = dict.fromkeys(("low", "high", "ratio_to_before", "ratio_low", "ratio_high", "difference_to_before",
-                             "difference_low", "difference_high"), float("nan"))  # fmt: skip
-        if mine is not None:
-            mine = mine.sort_values("item")
-            interval = evaluation.metric_interval(row["metric"], mine, **options)
-            out.update(low=interval.low, high=interval.high)
-            if base is not None:
-                change = evaluation.paired_metric_changes(row["metric"], base.sort_values("item"), [mine], **options)
-                out.update(ratio_to_before=change.ratio.estimate, ratio_low=change.ratio.low,
-                           ratio_high=change.ratio.high, difference_to_before=change.difference.estimate,
-                           difference_low=change.difference.low, difference_high=change.difference.high)  # fmt: skip
-        rows.append(out)
+        mine, base = groups.get((row["method"], *key)), groups.get(("none", *key))
+        treated = [mine.sort_values("item")] if mine is not None else []
+        before_items = base.sort_values("item") if base is not None else pd.DataFrame()
+        rows.append(interval_columns(row["metric"], before_items, treated, options, reference="before"))
     write_parquet_atomic(pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1), out_path)
