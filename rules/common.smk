@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from langneurons.conditions import CONDITIONS, deactivated_condition, token_language_names
-from langneurons.eval_sources import BENCHMARKS, benchmark_languages, local_benchmark_file
+from langneurons import eval_sources
 from langneurons.imports import library_modules
 
 WORKFLOW_DIR = Path(workflow.basedir)
@@ -157,7 +157,7 @@ def evaluation_params():
     """config["evaluation"] as the evaluating jobs' parameter: the settings of the metrics it uses only, so that
     configuring an unused benchmark reruns nothing."""
     settings = dict(config["evaluation"])
-    settings["benchmarks"] = {name: settings["benchmarks"][name] for name in METRICS if name in BENCHMARKS}
+    settings["benchmarks"] = {name: settings["benchmarks"][name] for name in METRICS if name in eval_sources.BENCHMARKS}
     if "fidelity" not in METRICS:
         settings.pop("fidelity")
     return canonical(settings)
@@ -167,12 +167,12 @@ def evaluation_inputs():
     """The local benchmark files the evaluating jobs read, so that editing one reruns them."""
     files = []
     for name in METRICS:
-        bench = config["evaluation"]["benchmarks"].get(name) if name in BENCHMARKS else None
+        bench = config["evaluation"]["benchmarks"].get(name) if name in eval_sources.BENCHMARKS else None
         if bench is None or bench["source"] is None:
             continue
         wanted = bench["languages"] if bench["languages"] is not None else LANGUAGES
-        for language in benchmark_languages(name, bench["source"], bench["split"], wanted):
-            files.append(str(local_benchmark_file(name, language, bench["source"], bench["split"])))
+        for language in eval_sources.benchmark_languages(name, bench["source"], bench["split"], wanted):
+            files.append(str(eval_sources.local_benchmark_file(name, language, bench["source"], bench["split"])))
     return sorted(set(files))
 
 
