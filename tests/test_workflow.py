@@ -265,6 +265,29 @@ def test_the_grouped_ablation_gives_the_grid_of_cells_evaluated_one_by_one(workf
     pd.testing.assert_frame_equal(grid.sort_values(order).reset_index(drop=True), reference[grid.columns])
 
 
+#: What new intervals or new evaluations of the grids reschedule after the grids' cells.
+GRID_TABLES = {"ablation_grid": 1, "finetune_results": 1, "figure_ablation": 2, "figure_finetune": 2, "all": 1}
+
+
+def test_uncertainty_settings_rerun_only_the_grid_tables_and_their_figures(workflow):
+    jobs = workflow.planned(config=workflow.config_file("intervals.yaml", uncertainty={"n_resamples": 200}))
+    assert rules_of(jobs) == Counter(GRID_TABLES)
+
+
+def test_an_unused_benchmark_reruns_nothing_and_an_edited_benchmark_file_reruns_the_evaluations(workflow):
+    benchmarks = {**workflow.tiny["evaluation"]["benchmarks"], "mgsm": {"n_items": 3, "n_shots": 2}}
+    assert workflow.planned(config=workflow.config_file("unused.yaml", evaluation__benchmarks=benchmarks)) == []
+    data = Path(workflow.tiny["evaluation"]["benchmarks"]["xcsqa"]["source"]) / "zh" / "dev.jsonl"
+    stat = data.stat()
+    try:
+        os.utime(data, (stat.st_atime, time.time() + 60))
+        jobs = workflow.planned()
+    finally:
+        os.utime(data, (stat.st_atime, stat.st_mtime))
+    # every evaluating job reads it: the baseline, both ablation groups, both fine-tuning cells
+    assert rules_of(jobs) == Counter({"ablation_baseline": 1, "ablation_group": 2, "finetune_cell": 2, **GRID_TABLES})
+
+
 def test_reordering_config_keys_reruns_nothing(workflow):
     reordered = yaml.safe_load(workflow.config_file().read_text())
     reordered = {key: reordered[key] for key in reversed(list(reordered))}
