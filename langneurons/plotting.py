@@ -491,12 +491,13 @@ def ablation_changes(
     control, eval_language) with ``value`` (seed mean), ``baseline``,
     ``change`` (value / baseline or value - baseline),
     ``n_neurons_deactivated`` (mean, NaN when the column is absent), the
-    95% interval of the ratio (``ratio_low``/``ratio_high``: the grid's
-    ``ratio_low/high`` of a real set, ``seeds_ratio_low/high`` of the random
-    controls, over items and seeds) and ``significant``: 1 where that
-    interval excludes 1 (no change), 0 where it covers it, NaN without
-    intervals. A ratio's interval covers 1 exactly when the difference's
-    covers 0 (same resamples, positive baseline), so it serves both scales.
+    95% intervals of the ratio and the difference (``ratio_low/high``,
+    ``difference_low/high``: the grid's own of a real set, its
+    ``seeds_*_low/high`` of the random controls, over items and seeds) and
+    ``significant``: 1 where the difference's interval excludes 0 (no
+    change), 0 where it covers it (the ratio's interval, against 1, where
+    the table has no difference), NaN without intervals. The two agree
+    wherever both exist (same resamples, positive baseline).
     """
     require_columns(results, ABLATION_COLUMNS, "ablation grid")
     if change not in ("ratio", "difference"):
@@ -519,7 +520,8 @@ def ablation_changes(
             ablations[key] = ""
     if "n_neurons_deactivated" not in ablations.columns:
         ablations["n_neurons_deactivated"] = np.nan
-    ablations["change_low"], ablations["change_high"] = _ratio_intervals(ablations)
+    ablations["ratio_low"], ablations["ratio_high"] = _change_intervals(ablations, "ratio")
+    ablations["difference_low"], ablations["difference_high"] = _change_intervals(ablations, "difference")
     keys = [*_ROW_KEYS, "control", "eval_language"]
     grouped = (
         ablations.fillna({"detector": "", "set_kind": ""})
@@ -527,13 +529,18 @@ def ablation_changes(
         .agg(
             value=("value", "mean"),
             n_neurons_deactivated=("n_neurons_deactivated", "mean"),
-            ratio_low=("change_low", "first"),
-            ratio_high=("change_high", "first"),
+            ratio_low=("ratio_low", "first"),
+            ratio_high=("ratio_high", "first"),
+            difference_low=("difference_low", "first"),
+            difference_high=("difference_high", "first"),
             n_seeds=("value", "size"),
         )
         .reset_index()
     )
-    grouped["significant"] = _excludes(grouped["ratio_low"], grouped["ratio_high"], 1.0)
+    # the difference's interval decides: it covers 0 exactly when the ratio's covers 1 (same resamples, positive
+    # baseline), and it exists where a resample's baseline is 0 and the ratio has none
+    by_difference = _excludes(grouped["difference_low"], grouped["difference_high"], 0.0)
+    grouped["significant"] = by_difference.fillna(_excludes(grouped["ratio_low"], grouped["ratio_high"], 1.0))
     grouped["baseline"] = grouped["eval_language"].map(baseline)
     if change == "ratio":
         grouped["change"] = grouped["value"] / grouped["baseline"]
@@ -543,17 +550,18 @@ def ablation_changes(
     return grouped
 
 
-def _ratio_intervals(ablations: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Each row's interval of the ratio to the baseline: a real set's own, a random control's over its seeds
-    (``seeds_ratio_low/high``; a single seed's own interval serves too). NaN where the table has none."""
+def _change_intervals(ablations: pd.DataFrame, scale: str) -> tuple[pd.Series, pd.Series]:
+    """Each row's interval of its ``scale`` (ratio or difference) change from the baseline: a real set's own, a
+    random control's over its seeds (``seeds_<scale>_low/high``; a single seed's own interval serves too). NaN
+    where the table has none."""
     nan = pd.Series(np.nan, index=ablations.index)
-    if not {"ratio_low", "ratio_high"} <= set(ablations.columns):
+    if not {f"{scale}_low", f"{scale}_high"} <= set(ablations.columns):
         return nan, nan
-    low, high = ablations["ratio_low"].astype(float), ablations["ratio_high"].astype(float)
+    low, high = ablations[f"{scale}_low"].astype(float), ablations[f"{scale}_high"].astype(float)
     random = ablations["control"] == "random"
-    if {"seeds_ratio_low", "seeds_ratio_high"} <= set(ablations.columns):
-        low = low.where(~random, ablations["seeds_ratio_low"].astype(float))
-        high = high.where(~random, ablations["seeds_ratio_high"].astype(float))
+    if {f"seeds_{scale}_low", f"seeds_{scale}_high"} <= set(ablations.columns):
+        low = low.where(~random, ablations[f"seeds_{scale}_low"].astype(float))
+        high = high.where(~random, ablations[f"seeds_{scale}_high"].astype(float))
     else:  # one seed's interval is not the interval of several seeds' mean
         seeds = ablations.groupby([*_ROW_KEYS, "eval_language"], dropna=False)["value"].transform("size")
         several = random & (seeds > 1)
@@ -792,13 +800,20 @@ def finetune_gains(
         )
     sign = -1.0 if _lower_is_better(metric, higher_is_better) else 1.0
     merged["gain"] = sign * (merged["after"] - merged["before"])
+    differences = [sign * merged[f"difference_{end}"] for end in ("low", "high")]
     if change == "relative":
         merged["gain"] = 100.0 * merged["gain"] / merged["before"].abs()
-        # (after - before) / |before| = ratio - 1 for a positive before: the ratio's interval maps exactly
-        ends = [100.0 * sign * (merged[f"ratio_{end}"] - 1.0) for end in ("low", "high")]
+        # (after - before) / |before| = ratio - 1 for a positive before: the ratio's interval maps exactly; where
+        # it has none (a resample's before was 0), the difference's, scaled by the whole sample's before
+        ends = [(100.0 * sign * (merged[f"ratio_{end}"] - 1.0)).fillna(100.0 * d / merged["before"].abs())
+                for end, d in zip(("low", "high"), differences)]  # fmt: skip
     else:
-        ends = [sign * merged[f"difference_{end}"] for end in ("low", "high")]
+        ends = differences
     merged["gain_low"], merged["gain_high"] = np.fmin(*ends), np.fmax(*ends)
+    # whether a gain is an effect: its difference's interval (always defined) excludes 0
+    merged["effect"] = _excludes(np.fmin(*differences), np.fmax(*differences), 0.0).fillna(
+        _excludes(merged["gain_low"], merged["gain_high"], 0.0)
+    )
     rows = []
     for (method, target), part in merged.groupby(["method", "target_language"], sort=False):
         on_target = part[part["eval_language"] == target]
@@ -813,10 +828,10 @@ def finetune_gains(
             row[f"gain_{name}_high"] = float(bounds["gain_high"].mean()) if known else np.nan
         row["gain_others_std"] = float(others["gain"].std(ddof=0)) if len(others) else np.nan
         row["n_others"] = int(len(others))
+        row["significant_target"] = float(on_target["effect"].iloc[0]) if len(on_target) else np.nan
         rows.append(row)
     gains = pd.DataFrame(rows)
-    for name in ("target", "others"):
-        gains[f"significant_{name}"] = _excludes(gains[f"gain_{name}_low"], gains[f"gain_{name}_high"], 0.0)
+    gains["significant_others"] = _excludes(gains["gain_others_low"], gains["gain_others_high"], 0.0)
     return gains
 
 

@@ -118,6 +118,8 @@ def test_grid_intervals_are_the_bootstraps_of_the_items(tmp_path):
             assert row["seeds_ratio"] == pytest.approx(np.mean([statistic(t) / statistic(baseline[combo])
                                                                 for t in treated]))  # fmt: skip
             assert (row["seeds_ratio_low"], row["seeds_ratio_high"]) == pytest.approx((low, high))
+            _, (low, high) = reference_changes(baseline[combo], treated, statistic, n, seed, confidence)
+            assert (row["seeds_difference_low"], row["seeds_difference_high"]) == pytest.approx((low, high))
         else:
             assert row["n_seeds"] == 0 and math.isnan(row["seeds_ratio_low"])
 

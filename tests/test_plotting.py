@@ -304,6 +304,11 @@ def test_ablation_changes_carry_the_interval_and_whether_it_excludes_no_change()
     assert no_seed_columns.loc[no_seed_columns["control"] == "random", "significant"].isna().all()
     bare = plotting.ablation_changes(ablation_table())
     assert bare["significant"].isna().all(), "without intervals nothing is claimed either way"
+    # an accuracy of 0 in some resample of the baseline leaves the ratio without an interval: the difference decides
+    undefined = _small_grid().assign(ratio_low=np.nan, ratio_high=np.nan, difference_low=0.01, difference_high=0.2)
+    undefined.loc[undefined["eval_language"] == "de", ["difference_low", "difference_high"]] = [-0.1, 0.1]
+    decided = plotting.ablation_changes(undefined.drop(columns=["seeds_ratio_low", "seeds_ratio_high"]))
+    assert decided.set_index(["control", "eval_language"]).loc["real", "significant"].to_dict() == {"fr": 1, "de": 0}
 
 
 def _hatched_cells(ax) -> set[tuple[float, float]]:

@@ -23,6 +23,12 @@ from langneurons.steps.evaluation import ITEM_COLUMNS, empty_results, evaluation
 
 #: What identifies a cell.
 CELL_KEYS = ("condition", "detector", "set_kind", "target_language", "control", "seed")
+#: A random control's change averaged over its seeds, with its interval over the items and the seeds.
+SEEDS_COLUMNS = {
+    "seeds_ratio": "ratio_to_baseline", "seeds_ratio_low": "ratio_low", "seeds_ratio_high": "ratio_high",
+    "seeds_difference": "difference_to_baseline", "seeds_difference_low": "difference_low",
+    "seeds_difference_high": "difference_high",
+}  # fmt: skip
 GRID_COLUMNS = (*CELL_KEYS, "eval_language", "metric", "value", "n", "chance", "n_neurons_deactivated")
 BASELINE = "none"
 logger = logging.getLogger(__name__)
@@ -171,8 +177,9 @@ def ablation_grid_step(
 
     Per row: ``low``/``high``, the bootstrap interval of ``value`` over its items; ``ratio_to_baseline`` and
     ``difference_to_baseline`` with paired intervals (the same items resampled for the cell and the
-    baseline). Random controls also get ``seeds_ratio`` (the mean ratio over the ``n_seeds`` control seeds
-    of their group) with an interval that resamples the items and the seeds.
+    baseline). Random controls also get ``seeds_ratio`` and ``seeds_difference`` (the mean over the ``n_seeds``
+    control seeds of their group) with intervals that resample the items and the seeds. A ratio's interval is
+    NaN when some resample's baseline is 0 (an accuracy of 0 on few items); the difference's is always defined.
     """
     table = pd.concat([read_parquet(path) for path in cell_paths], ignore_index=True)
     items = pd.concat([read_parquet(path) for path in item_paths], ignore_index=True)
@@ -198,7 +205,7 @@ def ablation_grid_step(
         rows.append(interval_columns(row["metric"], base, [mine] if mine is not None and len(mine) else [], options))
     table = pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1)
     table["n_seeds"] = 0  # the real sets (and the baseline) have no control seeds
-    table[["seeds_ratio", "seeds_ratio_low", "seeds_ratio_high"]] = float("nan")
+    table[list(SEEDS_COLUMNS)] = float("nan")
     random = table[table["control"] == "random"]
     for _, group in random.groupby(["condition", "detector", "set_kind", "target_language", "eval_language", "metric"]):
         treated = [cell_items(row) for _, row in group.iterrows()]
@@ -207,7 +214,6 @@ def ablation_grid_step(
         base = _metric_items(baseline_items, first["eval_language"], first["metric"])
         change = interval_columns(first["metric"], base, treated, options)
         table.loc[group.index, "n_seeds"] = len(group)
-        table.loc[group.index, "seeds_ratio"] = change["ratio_to_baseline"]
-        table.loc[group.index, "seeds_ratio_low"] = change["ratio_low"]
-        table.loc[group.index, "seeds_ratio_high"] = change["ratio_high"]
+        for column, source in SEEDS_COLUMNS.items():
+            table.loc[group.index, column] = change[source]
     write_parquet_atomic(table, out_path)
