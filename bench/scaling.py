@@ -96,19 +96,15 @@ def stages(name: str, facts: dict, config: dict, args) -> list[Stage]:
     doc_bytes = facts["neurons"] * value_bytes + (facts["ffn_units"] * count_bytes + 8 if lape else 0)
     language_gb = splits["detect"] * doc_bytes / GB
     sets_mb = config["resources"]["sets"]["mem_mb"] + 3 * language_gb * 1000
-    # per document: evaluation reads n_docs documents and n_items continuation items of 4 choices per language
-    evaluation = config["evaluation"]
-    eval_tokens = languages * evaluation["max_length"] * (
-        evaluation["n_docs"] * ("perplexity" in evaluation["metrics"])
-        + 4 * evaluation["n_items"] * ("continuation" in evaluation["metrics"])
-    )
+    eval_tokens = evaluation_tokens(config, languages)
     # the logit lens decodes every layer: one unembedding per layer and token, against the forward's 2 x params
     lens_factor = 1 + facts["layers"] * facts["hidden"] * facts["vocab"] / facts["params"]
     lens_tokens = splits["eval"] * config["logit_lens"]["max_length"] * lens_factor
     ablation = config["ablation"]
     targets = len(ablation["targets"] or config["languages"])
     controls = 1 + len(ablation["control_seeds"])
-    cells = 1 + len(ablation["conditions"]) * targets * len(ablation["set_kinds"]) * controls
+    # one job per target and control evaluates every condition's cell on one loaded model; the baseline is one more
+    group_cells = len(ablation["conditions"]) * len(ablation["set_kinds"])
     finetune = config["finetune"]
     training = finetune["training"]
     train_tokens = 3 * training["n_docs"] * training["max_length"] * training["epochs"]
@@ -128,13 +124,36 @@ def stages(name: str, facts: dict, config: dict, args) -> list[Stage]:
         Stage("activation counts (CPU)", languages, False, 0, 1, f"host {sets_mb / 1000:.1f} GB requested"),
         Stage("stability (CPU)", 1, False, 0, 1, f"host {sets_mb / 1000:.1f} GB requested (one language at a time)"),
         Stage("logit lens", lens_jobs, True, lens_tokens + load * fwd, fwd, model_job),
-        Stage("ablation cells", cells, True, eval_tokens + load * fwd, fwd, model_job),
+        Stage("ablation (one job per target and control)", 1 + targets * controls, True,
+              group_cells * eval_tokens + load * fwd, fwd, model_job),
         Stage(
             "fine-tuning cells", ft_cells, True, train_tokens + eval_tokens + load * fwd, fwd,
             f"{model_job}; full fine-tuning adds {facts['params'] * 6 / GB:.0f} GB (bf16 gradients and AdamW moments, "
             "6 bytes per trained parameter; fp32 master copies would add 4 more)",
         ),
     ]  # fmt: skip
+
+
+#: Prompt tokens assumed per benchmark item (a question, a passage, an article cut to fit; choices once each).
+BENCHMARK_PROMPT_TOKENS = {"mgsm": 150, "xquad": 250, "xcopa": 2 * 30, "xcsqa": 5 * 40}
+
+
+def evaluation_tokens(config: dict, languages: int) -> float:
+    """Forward-pass tokens of one evaluation of every language (upper bound: every language has every benchmark):
+    perplexity and continuation documents fill max_length; a generated token costs one forward token."""
+    evaluation = config["evaluation"]
+    metrics = evaluation["metrics"]
+    per_language = evaluation["max_length"] * (
+        evaluation["n_docs"] * ("perplexity" in metrics) + 4 * evaluation["n_items"] * ("continuation" in metrics)
+    )
+    if "fidelity" in metrics:
+        per_language += evaluation["n_docs"] * sum(evaluation["fidelity"].values())
+    for name, bench in evaluation["benchmarks"].items():
+        if name not in metrics:
+            continue
+        prompt = bench.get("max_prompt_tokens") or BENCHMARK_PROMPT_TOKENS.get(name, evaluation["max_length"])
+        per_language += (bench["n_items"] + bench.get("n_shots", 0)) * (prompt + bench.get("max_new_tokens", 0))
+    return languages * per_language
 
 
 def fmt_hours(hours: float) -> str:
@@ -162,8 +181,11 @@ def report(args) -> str:
         "",
         "Forward-pass tokens: scoring reads each detection document once; the logit lens decodes every layer "
         "(one unembedding per layer and token, counted against the forward's 2 x parameters FLOPs); an ablation "
-        "cell evaluates every language (`evaluation.n_docs` documents for perplexity, `evaluation.n_items` "
-        "continuation items of four choices); a fine-tuning cell trains on `finetune.training.n_docs` documents "
+        "cell evaluates every language (`evaluation.n_docs` documents for perplexity and fidelity, "
+        "`evaluation.n_items` continuation items of four choices, each benchmark's `n_items` with "
+        f"{BENCHMARK_PROMPT_TOKENS} prompt tokens per item, or its `max_prompt_tokens`, plus the generated tokens); "
+        "one ablation job loads the model once and evaluates every condition of a target and control; a "
+        "fine-tuning cell trains on `finetune.training.n_docs` documents "
         "(three forward passes a token) and then evaluates like a cell. Counting and stability run on CPUs and "
         "request `resources.sets.mem_mb` plus three times one language's score files; they read one language, "
         "one site at a time, so that does not grow with the languages (measured: `bench/stability_memory.py`).",

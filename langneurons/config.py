@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from langneurons.errors import ConfigError
+from langneurons.eval_sources import BENCHMARKS, benchmark_languages, local_candidates
 from langneurons.models import (
     GGUF_EXTRA,
     GGUF_MAGIC,
@@ -192,6 +193,45 @@ def _check_document_counts(config: Mapping[str, Any]) -> None:
             f"finetune.training.n_docs={wanted} but corpus.split_sizes.finetune={available} documents per language "
             "are sampled for fine-tuning: lower finetune.training.n_docs or raise corpus.split_sizes.finetune"
         )
+
+
+def _check_evaluation(config: Mapping[str, Any]) -> None:
+    """Each benchmark metric has data: its languages are the run's, its local source exists and holds them."""
+    languages = list(config["languages"])
+    for metric in config["evaluation"]["metrics"]:
+        if metric not in BENCHMARKS:
+            continue
+        bench = config["evaluation"]["benchmarks"][metric]
+        field = f"evaluation.benchmarks.{metric}"
+        unknown = [lang for lang in bench["languages"] or [] if lang not in languages]
+        if unknown:
+            raise ConfigError(
+                f"{field}.languages: {unknown} are not in `languages` {languages}; remove them or add them to "
+                "`languages`"
+            )
+        source = bench["source"]
+        if source is not None and not Path(source).exists():
+            raise ConfigError(
+                f"{field}.source={source!r}: {str(Path(source).absolute())!r} does not exist. Give a folder of "
+                f"{metric} files (or one file), relative to the working directory, or null for the hub"
+            )
+        wanted = bench["languages"] if bench["languages"] is not None else languages
+        lacking = [lang for lang in wanted if lang not in benchmark_languages(metric, source, bench["split"], wanted)]
+        if source is None:
+            where = f"the hub ({BENCHMARKS[metric].hub_path} has {', '.join(BENCHMARKS[metric].languages)})"
+        else:
+            example = local_candidates(metric, (lacking or wanted)[0], bench["split"])
+            where = f"{source!r} (for {(lacking or wanted)[0]!r} it looked for {example})"
+        if bench["languages"] is not None and lacking:
+            raise ConfigError(
+                f"{field}.languages: no {metric} data for {lacking} in {where}; remove them, or set "
+                f"{field}.source to data that has them"
+            )
+        if len(lacking) == len(wanted):
+            raise ConfigError(
+                f"evaluation.metrics has {metric!r}, but no language of the run ({wanted}) has {metric} data in "
+                f"{where}: set {field}.source, or remove {metric!r} from evaluation.metrics"
+            )
 
 
 def check_model_reference(model_config: Mapping[str, Any]) -> None:
@@ -366,6 +406,7 @@ CHECKS = (
     _check_set_kinds,
     _check_document_counts,
     _check_selectivity,
+    _check_evaluation,
 )
 
 

@@ -13,3 +13,11 @@ class NeuronSetError(ValueError):
 
 class NeuronIndexError(NeuronSetError):
     """A neuron address lies outside the model (or names no known site)."""
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input; the message names the field, the value and the fix."""
+
+
+class MissingDataError(EvaluationError):
+    """A metric was called without the data it needs."""

@@ -98,6 +98,9 @@ STAGES: tuple[str, ...] = ("understanding", "task solving", "generation")
 #: Metric names (substrings) for which lower is better; everything else counts as higher-is-better.
 LOWER_IS_BETTER: tuple[str, ...] = ("ppl", "perplexity", "loss", "nll", "bits", "error")
 NEURON_KEY: tuple[str, ...] = ("layer", "site", "index")
+#: Face and text colour of a change whose 95% interval covers "no change": it must not look like an effect.
+NO_EFFECT_COLOR = "#E8E8E8"
+MUTED_TEXT = "#707070"
 
 
 class PlotInputError(ValueError):
@@ -412,13 +415,16 @@ def jaccard_matrix(
     return matrix, pd.Series({lang: len(s) for lang, s in sets.items()}, name="n_neurons")
 
 
-def _annotate_cells(ax: Axes, values: np.ndarray, colors: np.ndarray, fmt, fontsize: float) -> None:
-    """Write each cell's value in black or white, whichever contrasts with the cell colour."""
+def _annotate_cells(
+    ax: Axes, values: np.ndarray, colors: np.ndarray, fmt, fontsize: float, muted: np.ndarray | None = None
+) -> None:
+    """Write each cell's value in black or white, whichever contrasts with the cell colour (grey where muted)."""
     for (row, col), value in np.ndenumerate(values):
         if np.isnan(value):
             continue
         r, g, b = colors[row, col][:3]
         luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+        color = "white" if luminance < 0.5 else "black"
         ax.text(
             col,
             row,
@@ -426,7 +432,8 @@ def _annotate_cells(ax: Axes, values: np.ndarray, colors: np.ndarray, fmt, fonts
             ha="center",
             va="center",
             fontsize=fontsize,
-            color="white" if luminance < 0.5 else "black",
+            color=MUTED_TEXT if muted is not None and muted[row, col] else color,
+            zorder=5,
         )
 
 
@@ -488,8 +495,15 @@ def ablation_changes(
     Baseline rows (``condition == "none"``) are averaged per eval language.
     Returns one row per (detector, set_kind, target_language, condition,
     control, eval_language) with ``value`` (seed mean), ``baseline``,
-    ``change`` (value / baseline or value - baseline) and
-    ``n_neurons_deactivated`` (mean, NaN when the column is absent).
+    ``change`` (value / baseline or value - baseline),
+    ``n_neurons_deactivated`` (mean, NaN when the column is absent), the
+    95% intervals of the ratio and the difference (``ratio_low/high``,
+    ``difference_low/high``: the grid's own of a real set, its
+    ``seeds_*_low/high`` of the random controls, over items and seeds) and
+    ``significant``: 1 where the difference's interval excludes 0 (no
+    change), 0 where it covers it (the ratio's interval, against 1, where
+    the table has no difference), NaN without intervals. The two agree
+    wherever both exist (same resamples, positive baseline).
     """
     require_columns(results, ABLATION_COLUMNS, "ablation grid")
     if change not in ("ratio", "difference"):
@@ -512,13 +526,27 @@ def ablation_changes(
             ablations[key] = ""
     if "n_neurons_deactivated" not in ablations.columns:
         ablations["n_neurons_deactivated"] = np.nan
+    ablations["ratio_low"], ablations["ratio_high"] = _change_intervals(ablations, "ratio")
+    ablations["difference_low"], ablations["difference_high"] = _change_intervals(ablations, "difference")
     keys = [*_ROW_KEYS, "control", "eval_language"]
     grouped = (
         ablations.fillna({"detector": "", "set_kind": ""})
         .groupby(keys, sort=False, dropna=False)
-        .agg(value=("value", "mean"), n_neurons_deactivated=("n_neurons_deactivated", "mean"))
+        .agg(
+            value=("value", "mean"),
+            n_neurons_deactivated=("n_neurons_deactivated", "mean"),
+            ratio_low=("ratio_low", "first"),
+            ratio_high=("ratio_high", "first"),
+            difference_low=("difference_low", "first"),
+            difference_high=("difference_high", "first"),
+            n_seeds=("value", "size"),
+        )
         .reset_index()
     )
+    # the difference's interval decides: it covers 0 exactly when the ratio's covers 1 (same resamples, positive
+    # baseline), and it exists where a resample's baseline is 0 and the ratio has none
+    by_difference = _excludes(grouped["difference_low"], grouped["difference_high"], 0.0)
+    grouped["significant"] = by_difference.fillna(_excludes(grouped["ratio_low"], grouped["ratio_high"], 1.0))
     grouped["baseline"] = grouped["eval_language"].map(baseline)
     if change == "ratio":
         grouped["change"] = grouped["value"] / grouped["baseline"]
@@ -526,6 +554,32 @@ def ablation_changes(
         grouped["change"] = grouped["value"] - grouped["baseline"]
     grouped["metric"] = metric
     return grouped
+
+
+def _change_intervals(ablations: pd.DataFrame, scale: str) -> tuple[pd.Series, pd.Series]:
+    """Each row's interval of its ``scale`` (ratio or difference) change from the baseline: a real set's own, a
+    random control's over its seeds (``seeds_<scale>_low/high``; a single seed's own interval serves too). NaN
+    where the table has none."""
+    nan = pd.Series(np.nan, index=ablations.index)
+    if not {f"{scale}_low", f"{scale}_high"} <= set(ablations.columns):
+        return nan, nan
+    low, high = ablations[f"{scale}_low"].astype(float), ablations[f"{scale}_high"].astype(float)
+    random = ablations["control"] == "random"
+    if {f"seeds_{scale}_low", f"seeds_{scale}_high"} <= set(ablations.columns):
+        low = low.where(~random, ablations[f"seeds_{scale}_low"].astype(float))
+        high = high.where(~random, ablations[f"seeds_{scale}_high"].astype(float))
+    else:  # one seed's interval is not the interval of several seeds' mean
+        seeds = ablations.groupby([*_ROW_KEYS, "eval_language"], dropna=False)["value"].transform("size")
+        several = random & (seeds > 1)
+        low, high = low.where(~several), high.where(~several)
+    return low, high
+
+
+def _excludes(low: pd.Series, high: pd.Series, null: float) -> pd.Series:
+    """1.0 where the interval [low, high] lies on one side of ``null`` (an effect), 0.0 where it covers it,
+    NaN where there is no interval."""
+    known = low.notna() & high.notna()
+    return ((low > null) | (high < null)).astype(float).where(known)
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
@@ -595,10 +649,13 @@ def ablation_grid_figure(
     sizes = real.groupby(list(_ROW_KEYS), sort=False)["n_neurons_deactivated"].mean()
     labels = [_row_label(k, varying, sizes.get(k, np.nan)) for k in row_keys]
 
-    grids = {}
+    grids, effects = {}, {}
     for control in ("real", "random"):
-        part = data[data["control"] == control].set_index([*_ROW_KEYS, "eval_language"])["change"]
-        grids[control] = np.array([[part.get((*k, c), np.nan) for c in columns] for k in row_keys], dtype=float)
+        part = data[data["control"] == control].set_index([*_ROW_KEYS, "eval_language"])
+        grids[control] = np.array([[part["change"].get((*k, c), np.nan) for c in columns] for k in row_keys],
+                                  dtype=float)  # fmt: skip
+        effects[control] = np.array([[part["significant"].get((*k, c), np.nan) for c in columns] for k in row_keys],
+                                    dtype=float)  # fmt: skip
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     if change == "ratio":
         positive = finite[finite > 0]
@@ -621,12 +678,19 @@ def ablation_grid_figure(
         values = grids[control]
         masked = np.ma.masked_invalid(np.where(values > 0, values, np.nan) if change == "ratio" else values)
         image = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto")
+        no_effect = effects[control] == 0  # the 95% interval covers "no change": drawn grey and hatched
+        colors = cmap(norm(masked))
+        colors[no_effect] = mpl.colors.to_rgba(NO_EFFECT_COLOR)
+        for row, col in zip(*np.nonzero(no_effect)):
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor=NO_EFFECT_COLOR, edgecolor="#AAAAAA",
+                                   hatch="////", linewidth=0, zorder=3))  # fmt: skip
         _annotate_cells(
             ax,
             values,
-            cmap(norm(masked)),
+            colors,
             lambda v: _format_change(v, change, bound),
             fontsize=7 if len(columns) <= 8 else 6,
+            muted=no_effect,
         )
         for row, key in enumerate(row_keys):
             if key[2] in columns:
@@ -658,9 +722,12 @@ def ablation_grid_figure(
         bar.set_ticks(_log_ticks(1 / bound, bound))
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         bar.ax.minorticks_off()
+    known = np.concatenate([np.isfinite(e).ravel() for e in effects.values()]).any()
+    note = ("grey hatched: the 95% interval includes no change" if known
+            else "no intervals in the table: every change is drawn as measured")  # fmt: skip
     fig.suptitle(
         title
-        or f"Deactivation: change in {metric} (outlined: evaluated on the ablated language)",
+        or f"Deactivation: change in {metric} (outlined: evaluated on the ablated language)\n{note}",
         fontsize=10,
     )
     return fig
@@ -691,6 +758,13 @@ def finetune_gains(
     ``before`` and gives percent. Returns one row per (method,
     target_language) with ``gain_target``, ``gain_others`` (mean over the
     other evaluation languages), ``gain_others_std`` and ``n_others``.
+
+    With the paired intervals of :func:`langneurons.steps.finetune.finetune_results_step`
+    on the "after" rows (``ratio_low/high``, ``difference_low/high`` against
+    the model before fine-tuning), each gain gets its 95% interval
+    (``gain_target_low/high``; for the other languages the mean of their
+    bounds, which is conservative) and ``significant_target/others``: 1 where
+    the interval excludes 0, 0 where it covers it, NaN without intervals.
     """
     require_columns(results, FINETUNE_COLUMNS, "fine-tuning gains")
     if change not in ("relative", "difference"):
@@ -701,7 +775,20 @@ def finetune_gains(
     metric = _pick_metric(results, metric, "fine-tuning gains")
     table = results[results["metric"] == metric]
     keys = ["method", "target_language", "eval_language"]
-    after = table[table["phase"] == "after"].groupby(keys)["value"].mean().rename("after").reset_index()
+    after_rows = table[table["phase"] == "after"].copy()
+    for column in ("ratio_low", "ratio_high", "difference_low", "difference_high"):
+        if column not in after_rows.columns:
+            after_rows[column] = np.nan
+    after = after_rows.groupby(keys).agg(
+        after=("value", "mean"),
+        ratio_low=("ratio_low", "first"),
+        ratio_high=("ratio_high", "first"),
+        difference_low=("difference_low", "first"),
+        difference_high=("difference_high", "first"),
+        n_seeds=("value", "size"),
+    ).reset_index()
+    several = after["n_seeds"] > 1  # one seed's interval is not the interval of several seeds' mean
+    after.loc[several, ["ratio_low", "ratio_high", "difference_low", "difference_high"]] = np.nan
     before_rows = table[table["phase"] == "before"]
     own = before_rows.dropna(subset=["method"]).groupby(keys)["value"].mean().rename("before_own")
     shared = before_rows[before_rows["method"].isna()].groupby(["target_language", "eval_language"])["value"]
@@ -719,24 +806,39 @@ def finetune_gains(
         )
     sign = -1.0 if _lower_is_better(metric, higher_is_better) else 1.0
     merged["gain"] = sign * (merged["after"] - merged["before"])
+    differences = [sign * merged[f"difference_{end}"] for end in ("low", "high")]
     if change == "relative":
         merged["gain"] = 100.0 * merged["gain"] / merged["before"].abs()
+        # (after - before) / |before| = ratio - 1 for a positive before: the ratio's interval maps exactly; where
+        # it has none (a resample's before was 0), the difference's, scaled by the whole sample's before
+        ends = [(100.0 * sign * (merged[f"ratio_{end}"] - 1.0)).fillna(100.0 * d / merged["before"].abs())
+                for end, d in zip(("low", "high"), differences)]  # fmt: skip
+    else:
+        ends = differences
+    merged["gain_low"], merged["gain_high"] = np.fmin(*ends), np.fmax(*ends)
+    # whether a gain is an effect: its difference's interval (always defined) excludes 0
+    merged["effect"] = _excludes(np.fmin(*differences), np.fmax(*differences), 0.0).fillna(
+        _excludes(merged["gain_low"], merged["gain_high"], 0.0)
+    )
     rows = []
     for (method, target), part in merged.groupby(["method", "target_language"], sort=False):
-        on_target = part.loc[part["eval_language"] == target, "gain"]
-        others = part.loc[part["eval_language"] != target, "gain"]
-        rows.append(
-            {
-                "method": method,
-                "target_language": target,
-                "metric": metric,
-                "gain_target": float(on_target.mean()) if len(on_target) else np.nan,
-                "gain_others": float(others.mean()) if len(others) else np.nan,
-                "gain_others_std": float(others.std(ddof=0)) if len(others) else np.nan,
-                "n_others": int(len(others)),
-            }
-        )
-    return pd.DataFrame(rows)
+        on_target = part[part["eval_language"] == target]
+        others = part[part["eval_language"] != target]
+        row = {"method": method, "target_language": target, "metric": metric}
+        for name, rows_of in (("target", on_target), ("others", others)):
+            row[f"gain_{name}"] = float(rows_of["gain"].mean()) if len(rows_of) else np.nan
+            # the mean of the languages' bounds: conservative for the mean of independent languages' gains
+            bounds = rows_of[["gain_low", "gain_high"]]
+            known = len(rows_of) and bounds.notna().all().all()
+            row[f"gain_{name}_low"] = float(bounds["gain_low"].mean()) if known else np.nan
+            row[f"gain_{name}_high"] = float(bounds["gain_high"].mean()) if known else np.nan
+        row["gain_others_std"] = float(others["gain"].std(ddof=0)) if len(others) else np.nan
+        row["n_others"] = int(len(others))
+        row["significant_target"] = float(on_target["effect"].iloc[0]) if len(on_target) else np.nan
+        rows.append(row)
+    gains = pd.DataFrame(rows)
+    gains["significant_others"] = _excludes(gains["gain_others_low"], gains["gain_others_high"], 0.0)
+    return gains
 
 
 def finetune_gains_figure(
@@ -749,8 +851,11 @@ def finetune_gains_figure(
 ) -> Figure:
     """Grouped bars per target language and method: gain on the target, mean gain on the other languages.
 
-    Positive is better whatever the metric (see :func:`finetune_gains`); the
-    error bars on the right are the spread (std) over the other languages.
+    Positive is better whatever the metric (see :func:`finetune_gains`). The
+    error bars are the gains' 95% intervals where the table has them, and a
+    bar whose interval covers 0 is drawn hollow and hatched grey: it is not
+    an effect. Without intervals, the right panel shows the spread (std)
+    over the other languages.
     """
     gains = finetune_gains(results, metric, change, higher_is_better)
     metric = gains["metric"].iloc[0]
@@ -762,26 +867,37 @@ def finetune_gains_figure(
     axes = fig.subplots(1, 2, sharey=True)
     width = 0.8 / len(methods)
     x = np.arange(len(targets))
+    intervals = gains[["gain_target_low", "gain_others_low"]].notna().any().any()
+    others_title = "on the other languages (mean, 95% interval)" if intervals else "on the other languages (mean ± std)"
     for ax, column, panel in (
         (axes[0], "gain_target", "on the fine-tuned language"),
-        (axes[1], "gain_others", "on the other languages (mean ± std)"),
+        (axes[1], "gain_others", others_title),
     ):
         for i, method in enumerate(methods):
             part = gains[gains["method"] == method].set_index("target_language").reindex(targets)
-            error = part["gain_others_std"] if column == "gain_others" else None
-            ax.bar(
-                x + (i - (len(methods) - 1) / 2) * width,
+            positions = x + (i - (len(methods) - 1) / 2) * width
+            error = part["gain_others_std"] if column == "gain_others" and not intervals else None
+            if intervals:  # drawn from low to high: a percentile interval need not hold the estimate
+                low, high = part[f"{column}_low"].to_numpy(), part[f"{column}_high"].to_numpy()
+                ax.errorbar(positions, (low + high) / 2, yerr=(high - low) / 2, fmt="none", ecolor="black",
+                            elinewidth=0.8, capsize=2, zorder=3)  # fmt: skip
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            bars = ax.bar(
+                positions,
                 part[column],
                 width,
                 yerr=error,
                 capsize=2,
-                color=OKABE_ITO[i % len(OKABE_ITO)],
+                color=color,
                 hatch=("", "//", "..", "xx", "\\\\")[i % 5],
                 edgecolor="white",
                 linewidth=0.5,
                 label=method,
                 error_kw={"elinewidth": 0.8},
             )
+            no_effect = part[column.replace("gain_", "significant_")].to_numpy() == 0
+            for bar in np.asarray(bars.patches, dtype=object)[no_effect]:
+                bar.set(facecolor=NO_EFFECT_COLOR, edgecolor=color, hatch="////", linewidth=1.0)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, targets)
         ax.set_xlabel("fine-tuned (target) language")
@@ -791,7 +907,8 @@ def finetune_gains_figure(
     axes[0].set_ylabel(f"{metric} gain ({unit}, positive = better)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", title="method", frameon=False, fontsize=9)
-    fig.suptitle(title or f"Fine-tuning: change in {metric}", fontsize=11)
+    note = "hollow grey bars: the 95% interval includes no change" if intervals else "no intervals in the table"
+    fig.suptitle(title or f"Fine-tuning: change in {metric}\n{note}", fontsize=11)
     return fig
 
 

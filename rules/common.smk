@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from langneurons.conditions import CONDITIONS, deactivated_condition, token_language_names
+from langneurons import eval_sources
 from langneurons.config import parse_top_k_label, site_top_k, top_k_label
 from langneurons.imports import library_files
 from langneurons.models import cached_model_fingerprint, gguf_source, local_model_source, package_version
@@ -34,7 +35,7 @@ DETECTOR_RE = r"none|plnd|lape"
 ABLATION_SET_KIND_RE = r"none|activated|specific|exclusive|lape"
 CONTROL_RE = r"real|random\d+"
 FINETUNE_METHOD_RE = r"targeted|random|full|lora|none"
-METRIC_RE = r"perplexity|continuation"
+METRIC_RE = "|".join(METRICS)
 
 # Logit lens: the condition decoded with each language's neurons of one set kind deactivated, and
 # the languages the token table labels (English always: the ratio compares every language with it).
@@ -162,22 +163,65 @@ def detector_set_kinds(detector, condition):
     return ABLATION["set_kinds"]
 
 
-def ablation_cells():
-    cells = [f"{RESULTS}/ablation/cells/none/none/none/none/real.parquet"]
-    for condition in ABLATION["conditions"]:
-        for detector in ABLATION["detectors"]:
-            for set_kind in detector_set_kinds(detector, condition):
-                for target in ABLATION_TARGETS:
-                    for control in ABLATION_CONTROLS:
-                        cells.append(
-                            f"{RESULTS}/ablation/cells/{condition}/{detector}/{set_kind}/{target}/{control}.parquet"
-                        )
-    return cells
+def ablation_group_cells():
+    """(condition, detector, set_kind) of every cell that deactivates a target's set (or its random control):
+    one job per target and control evaluates them all on one loaded model."""
+    return [
+        (condition, detector, set_kind)
+        for condition in ABLATION["conditions"]
+        for detector in ABLATION["detectors"]
+        for set_kind in detector_set_kinds(detector, condition)
+    ]
 
 
-def finetune_tables():
+ABLATION_BASELINE = f"{RESULTS}/ablation/cells/none/none/none/none/real"
+
+
+def ablation_group_outputs(suffix):
+    """The per-cell files of one group job, with the wildcards {target} and {control}."""
+    return [
+        f"{RESULTS}/ablation/cells/{condition}/{detector}/{set_kind}/{{target}}/{{control}}.{suffix}"
+        for condition, detector, set_kind in ablation_group_cells()
+    ]
+
+
+def ablation_cells(suffix="parquet"):
+    """Every cell's file: the baseline and each group's cells for each target and control."""
+    groups = [
+        path.format(target=target, control=control)
+        for target in ABLATION_TARGETS
+        for control in ABLATION_CONTROLS
+        for path in ablation_group_outputs(suffix)
+    ]
+    return [f"{ABLATION_BASELINE}.{suffix}", *groups]
+
+
+def evaluation_params():
+    """config["evaluation"] as the evaluating jobs' parameter: the settings of the metrics it uses only, so that
+    configuring an unused benchmark reruns nothing."""
+    settings = dict(config["evaluation"])
+    settings["benchmarks"] = {name: settings["benchmarks"][name] for name in METRICS if name in eval_sources.BENCHMARKS}
+    if "fidelity" not in METRICS:
+        settings.pop("fidelity")
+    return canonical(settings)
+
+
+def evaluation_inputs():
+    """The local benchmark files the evaluating jobs read, so that editing one reruns them."""
+    files = []
+    for name in METRICS:
+        bench = config["evaluation"]["benchmarks"].get(name) if name in eval_sources.BENCHMARKS else None
+        if bench is None or bench["source"] is None:
+            continue
+        wanted = bench["languages"] if bench["languages"] is not None else LANGUAGES
+        for language in eval_sources.benchmark_languages(name, bench["source"], bench["split"], wanted):
+            files.append(str(eval_sources.local_benchmark_file(name, language, bench["source"], bench["split"])))
+    return sorted(set(files))
+
+
+def finetune_tables(suffix="parquet"):
     return expand(
-        f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
+        f"{RESULTS}/finetune/{{target}}/{{method}}.{suffix}",
         target=FINETUNE["targets"] or LANGUAGES,
         method=FINETUNE["methods"],
     )

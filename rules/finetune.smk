@@ -15,10 +15,12 @@ rule finetune_cell:
         neurons=lambda w: [] if w.method in ("full", "none") else [f"{RESULTS}/neurons/neurons.parquet"],
         model=model_dir(),
         model_fingerprint=model_fingerprint(),
+        data=evaluation_inputs(),
         code=library_of("finetune_cell.py"),
     output:
         artefact=directory(f"{RESULTS}/finetune/{{target}}/{{method}}"),
         table=f"{RESULTS}/finetune/{{target}}/{{method}}.parquet",
+        per_item=f"{RESULTS}/finetune/{{target}}/{{method}}.items.parquet",
     wildcard_constraints:
         target=LANGUAGE_RE,
         method=FINETUNE_METHOD_RE,
@@ -28,7 +30,7 @@ rule finetune_cell:
         set_kind=FINETUNE["set_kind"],
         control_seed=FINETUNE["control_seed"],
         training=canonical(FINETUNE["training"]),
-        evaluation=canonical(config["evaluation"]),
+        evaluation=evaluation_params(),
         seed=config["seed"],
     threads: cpus("finetune")
     resources:
@@ -46,9 +48,12 @@ rule finetune_cell:
 rule finetune_results:
     input:
         tables=finetune_tables(),
+        per_item=finetune_tables("items.parquet"),
         code=library_of("finetune_results.py"),
     output:
         f"{RESULTS}/finetune/results.parquet",
+    params:
+        uncertainty=canonical(config["uncertainty"]),
     threads: cpus("light")
     resources:
         **job_resources("light"),

@@ -280,6 +280,27 @@ DEMO_LANGUAGES = DEFAULT["model"]["demo_languages"]
             {"selectivity": {"methods": ["paper"], "set_kinds": ["exclusive", "shared_by_at_most-8"]}},
             r"selectivity.set_kinds: \['shared_by_at_most-8'\] count more languages than the 7",
         ),
+        (
+            "_check_evaluation",
+            {"evaluation": {"metrics": ["mgsm"], "benchmarks": {"mgsm": {"languages": ["ja"]}}}},
+            r"evaluation.benchmarks.mgsm.languages: \['ja'\] are not in `languages`",
+        ),
+        (
+            "_check_evaluation",
+            {"evaluation": {"metrics": ["xcopa"], "benchmarks": {"xcopa": {"source": "no/such/folder"}}}},
+            r"evaluation.benchmarks.xcopa.source='no/such/folder': .* does not exist",
+        ),
+        (
+            "_check_evaluation",
+            {"evaluation": {"metrics": ["xcopa"], "benchmarks": {"xcopa": {"languages": ["en", "sw"]}}}},
+            r"evaluation.benchmarks.xcopa.languages: no xcopa data for \['en'\] in the hub \(cambridgeltl/xcopa",
+        ),
+        (
+            "_check_evaluation",
+            {"evaluation": {"metrics": ["xcsqa"], "benchmarks": {"xcsqa": {"source": str(REPO / "schemas")}}}},
+            r"evaluation.metrics has 'xcsqa', but no language of the run .* has xcsqa data in .*schemas.* it looked "
+            r"for \['en/dev.jsonl'",
+        ),
     ],
 )
 def test_each_check_names_the_field_and_the_fix(check, changes, message):
@@ -291,6 +312,20 @@ def test_each_check_names_the_field_and_the_fix(check, changes, message):
 def test_every_check_has_a_test():
     tested = {case[0] for case in test_each_check_names_the_field_and_the_fix.pytestmark[0].args[1]}
     assert tested == {check.__name__ for check in CHECKS}
+
+
+def test_a_benchmark_in_local_files_is_evaluated_in_the_languages_that_have_a_file(tmp_path):
+    (tmp_path / "test.sw.jsonl").write_text("{}\n")
+    (tmp_path / "zh.jsonl").write_text("{}\n")
+    xcopa = {"source": str(tmp_path)}
+    resolve_config([DEFAULT, {"evaluation": {"metrics": ["xcopa"], "benchmarks": {"xcopa": xcopa}}}], SCHEMA)
+    with pytest.raises(ConfigError, match=r"no xcopa data for \['fr'\] in .* it looked for \['test.fr.jsonl', "):
+        changes = {"evaluation": {"metrics": ["xcopa"], "benchmarks": {"xcopa": {**xcopa, "languages": ["sw", "fr"]}}}}
+        resolve_config([DEFAULT, changes], SCHEMA)
+    single = tmp_path / "zh.jsonl"  # one file serves every language it is asked for
+    resolve_config([DEFAULT, {"evaluation": {"metrics": ["xcopa"], "benchmarks": {"xcopa": {"source": str(single),
+                                                                                             "languages": ["fr"]}}}}],
+                   SCHEMA)  # fmt: skip
 
 
 def test_a_grid_that_is_off_needs_no_fine_tuning_documents():
@@ -313,6 +348,10 @@ def test_execution_settings_set_in_their_old_place_are_refused_with_the_new_one(
         ({"resources": {"scoring": {"gpus": -1}}}, r"resources.scoring.gpus: -1 is less than the minimum of 0"),
         ({"execution": {"scoring": {"batch_size": 0}}}, r"execution.scoring.batch_size: 0 is less than the minimum"),
         ({"scoring": {"storage_dtype": "int8"}}, r"scoring.storage_dtype: 'int8' is not one of"),
+        ({"evaluation": {"metrics": ["bleu"]}}, r"evaluation.metrics.0: 'bleu' is not one of \['perplexity'"),
+        ({"evaluation": {"benchmarks": {"mgsm": {"shots": 8}}}}, r"evaluation.benchmarks.mgsm: .*'shots' was unexpe"),
+        ({"evaluation": {"benchmarks": {"xcopa": {"n_items": 0}}}}, r"evaluation.benchmarks.xcopa.n_items: 0 is less"),
+        ({"uncertainty": {"n_resamples": 10}}, r"uncertainty.n_resamples: 10 is less than the minimum of 100"),
     ],
 )
 def test_the_schema_refuses_typos_before_any_job(changes, message):
@@ -355,6 +394,8 @@ def test_a_preset_resolves_to_the_papers_settings(preset):
     assert training["schedule"] == "cosine"
     assert config["finetune"]["targets"] is None and config["ablation"]["targets"] is None  # every language
     assert len(config["ablation"]["control_seeds"]) >= 3
+    # the paper's tasks: XQuAD, MGSM, X-CSQA, XLSum, read from the hub in every language it has
+    assert {"mgsm", "xquad", "xcsqa", "xlsum"} <= set(config["evaluation"]["metrics"])
     assert config["evaluation"]["n_docs"] == config["corpus"]["split_sizes"]["eval"] == 200
     assert config["execution"]["device_map"] == "auto"
     for group in ("scoring", "logit_lens", "ablation", "finetune"):

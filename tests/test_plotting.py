@@ -273,3 +273,78 @@ def test_finetune_gains_are_signed_so_positive_is_better():
     assert flipped.loc[("full", "de"), "gain_target"] == pytest.approx(-10.0)  # ppl rose by 10%: worse
     with pytest.raises(PlotInputError, match="no 'before' value"):
         plotting.finetune_gains(finetune_table().query("phase == 'after'"))
+
+
+def _small_grid() -> pd.DataFrame:
+    """A baseline, one real set and three random seeds on two languages; fr's real change has an interval
+    that excludes 1, de's covers it, as does every random control's interval over seeds."""
+    keys = {"detector": "plnd", "set_kind": "specific", "target_language": "fr", "condition": "all", "metric": "acc"}
+    rows = [{**keys, "condition": "none", "control": "real", "seed": -1, "eval_language": e, "value": 0.5,
+             "ratio_low": 1.0, "ratio_high": 1.0} for e in ("fr", "de")]  # fmt: skip
+    rows += [
+        {**keys, "control": "real", "seed": -1, "eval_language": "fr", "value": 0.2, "ratio_low": 0.3,
+         "ratio_high": 0.5},
+        {**keys, "control": "real", "seed": -1, "eval_language": "de", "value": 0.45, "ratio_low": 0.8,
+         "ratio_high": 1.1},
+    ]  # fmt: skip
+    rows += [{**keys, "control": "random", "seed": s, "eval_language": e, "value": 0.48, "ratio_low": 0.9,
+              "ratio_high": 1.02, "seeds_ratio_low": 0.92, "seeds_ratio_high": 1.01} for s in range(3)
+             for e in ("fr", "de")]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_ablation_changes_carry_the_interval_and_whether_it_excludes_no_change():
+    changes = plotting.ablation_changes(_small_grid()).set_index(["control", "eval_language"])
+    assert changes.loc[("real", "fr"), ["ratio_low", "ratio_high", "significant"]].tolist() == [0.3, 0.5, 1.0]
+    assert changes.loc[("real", "de"), "significant"] == 0.0
+    # random controls: the interval of the seeds' mean, not one seed's
+    assert changes.loc[("random", "fr"), ["ratio_low", "ratio_high", "significant"]].tolist() == [0.92, 1.01, 0.0]
+    assert changes.loc[("random", "fr"), "n_seeds"] == 3
+    no_seed_columns = plotting.ablation_changes(_small_grid().drop(columns=["seeds_ratio_low", "seeds_ratio_high"]))
+    assert no_seed_columns.loc[no_seed_columns["control"] == "random", "significant"].isna().all()
+    bare = plotting.ablation_changes(ablation_table())
+    assert bare["significant"].isna().all(), "without intervals nothing is claimed either way"
+    # an accuracy of 0 in some resample of the baseline leaves the ratio without an interval: the difference decides
+    undefined = _small_grid().assign(ratio_low=np.nan, ratio_high=np.nan, difference_low=0.01, difference_high=0.2)
+    undefined.loc[undefined["eval_language"] == "de", ["difference_low", "difference_high"]] = [-0.1, 0.1]
+    decided = plotting.ablation_changes(undefined.drop(columns=["seeds_ratio_low", "seeds_ratio_high"]))
+    assert decided.set_index(["control", "eval_language"]).loc["real", "significant"].to_dict() == {"fr": 1, "de": 0}
+
+
+def _hatched_cells(ax) -> set[tuple[float, float]]:
+    return {(p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches if p.get_hatch() == "////"}
+
+
+def test_ablation_figure_greys_out_changes_whose_interval_covers_no_change():
+    fig = plotting.ablation_grid_figure(_small_grid(), eval_languages=["fr", "de"])
+    real, random = fig.axes[0], fig.axes[1]
+    assert _hatched_cells(real) == {(1.0, 0.0)}, "de (column 1) covers 1, fr does not"
+    assert _hatched_cells(random) == {(0.0, 0.0), (1.0, 0.0)}
+    muted = {(t.get_position(), t.get_color()) for t in real.texts}
+    assert ((1, 0), plotting.MUTED_TEXT) in muted and ((0, 0), plotting.MUTED_TEXT) not in muted
+    assert "includes no change" in fig._suptitle.get_text()
+    assert not _hatched_cells(plotting.ablation_grid_figure(ablation_table()).axes[0])
+
+
+def test_finetune_figure_draws_the_intervals_and_hollows_gains_that_cover_zero():
+    table = finetune_table()
+    after = table["phase"] == "after"
+    # the target's gain of "full" is certain, that of "LoRA" is not; the others' gains of every method cover 0
+    table["ratio_low"] = np.where(after, 0.9, np.nan)
+    table["ratio_high"] = np.where(after, 1.02, np.nan)
+    target = after & (table["eval_language"] == table["target_language"])
+    table.loc[target & (table["method"] == "full"), ["ratio_low", "ratio_high"]] = [1.05, 1.15]
+    gains = plotting.finetune_gains(table).set_index(["method", "target_language"])
+    row = gains.loc[("full", "de")]
+    assert (row["gain_target_low"], row["gain_target_high"]) == pytest.approx((5.0, 15.0))
+    assert row["significant_target"] == 1.0 and row["significant_others"] == 0.0
+    assert gains.loc[("LoRA", "de"), "significant_target"] == 0.0
+    assert (row["gain_others_low"], row["gain_others_high"]) == pytest.approx((-10.0, 2.0))
+    fig = plotting.finetune_gains_figure(table[table["method"].isin([None, "full", "LoRA"])])
+    on_target = fig.axes[0]
+    hollow = [bar for bar in on_target.patches if bar.get_hatch() == "////"]
+    full_bars = [bar for bar in on_target.patches if bar.get_hatch() != "////"]
+    assert len(hollow) == len(full_bars) == len(LANGUAGES) - 1, "LoRA's bars hollow, full's filled"
+    # each error bar spans the gain's interval
+    spans = sorted({tuple(np.round(seg[:, 1], 6)) for coll in on_target.collections for seg in coll.get_segments()})
+    assert (5.0, 15.0) in spans

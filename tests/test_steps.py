@@ -132,21 +132,32 @@ def two_corpora(tmp_path_factory):
 
 
 EVALUATION = {"metrics": ["perplexity"], "n_docs": 3, "n_items": 2, "max_length": 16, "batch_size": 2, "seed": 0}
+UNCERTAINTY = {"n_resamples": 200, "confidence": 0.95, "seed": 3}
+
+
+def _cell(condition, control=None, target="fr", detector="plnd", set_kind="specific"):
+    return {"condition": condition, "detector": detector, "set_kind": set_kind, "target_language": target,
+            "control_seed": control}  # fmt: skip
+
+
+def _outputs(folder, name):
+    return {"cell": str(folder / f"{name}.parquet"), "items": str(folder / f"{name}.items.parquet"),
+            "record": str(folder / f"{name}.json")}  # fmt: skip
 
 
 def test_ablation_cells_and_grid(tmp_path, two_corpora, model_dir):
     from langneurons.steps.ablation import ablation_cell_step, ablation_grid_step
 
     corpora, neurons_path = two_corpora
-    cells = []
+    outputs = []
     for condition, control in [("none", None), ("all", None), ("all", 0)]:
-        cell = {"condition": condition, "detector": "plnd", "set_kind": "specific", "target_language": "fr",
-                "control_seed": control}  # fmt: skip
-        out = tmp_path / f"{condition}-{control}.parquet"
-        ablation_cell_step(corpora, neurons_path, MODEL, model_dir, cell, {"understanding": 1, "generation": 1},
-                           EVALUATION, str(out), str(tmp_path / f"{condition}-{control}.json"))  # fmt: skip
-        cells.append(str(out))
-    ablation_grid_step(cells, str(tmp_path / "grid.parquet"))
+        out = _outputs(tmp_path, f"{condition}-{control}")
+        ablation_cell_step(corpora, neurons_path, MODEL, model_dir, _cell(condition, control),
+                           {"understanding": 1, "generation": 1}, EVALUATION, out["cell"], out["items"],
+                           out["record"])  # fmt: skip
+        outputs.append(out)
+    ablation_grid_step([o["cell"] for o in outputs], [o["items"] for o in outputs], UNCERTAINTY,
+                       str(tmp_path / "grid.parquet"))  # fmt: skip
     grid = pd.read_parquet(tmp_path / "grid.parquet")
     assert set(grid["eval_language"]) == {"fr", "de"} and set(grid["metric"]) == {"perplexity"}
     assert grid.groupby(["condition", "control"])["n_neurons_deactivated"].first().to_dict() == {
@@ -154,7 +165,33 @@ def test_ablation_cells_and_grid(tmp_path, two_corpora, model_dir):
     }  # fmt: skip
     baseline = grid[grid["condition"] == "none"]
     assert (baseline["ratio_to_baseline"] == 1).all()
+    assert (baseline[["ratio_low", "ratio_high"]] == 1).all().all(), "the baseline against itself: no change"
     assert (grid[grid["condition"] == "all"]["ratio_to_baseline"] != 1).all(), "deactivation changes perplexity"
+    assert ((grid["low"] <= grid["value"]) & (grid["value"] <= grid["high"])).all()
+    assert ((grid["ratio_low"] <= grid["ratio_to_baseline"]) & (grid["ratio_to_baseline"] <= grid["ratio_high"])).all()
+    assert grid["chance"].isna().all(), "perplexity has no chance level"
+    random = grid[grid["control"] == "random"]
+    assert (random["n_seeds"] == 1).all() and (random["seeds_ratio_low"] == random["ratio_low"]).all()
+
+
+def test_grouped_ablation_cells_equal_cells_on_their_own_model(tmp_path, two_corpora, model_dir):
+    """One job, one model, every condition through hooks: each cell's tables equal those of the cell alone."""
+    from langneurons.steps.ablation import ablation_cell_step, ablation_cells_step
+
+    corpora, neurons_path = two_corpora
+    stages = {"understanding": 1, "generation": 1}
+    # the random control between two real cells, and the baseline last: no hook may outlive its cell
+    cells = [_cell("all"), _cell("all", 0), _cell("understanding"), _cell("task_ffn"), _cell("none", None, "none")]
+    grouped = [_outputs(tmp_path, f"grouped{i}") for i in range(len(cells))]
+    ablation_cells_step(corpora, neurons_path, MODEL, model_dir, cells, stages, EVALUATION, grouped)
+    for i, cell in enumerate(cells):
+        alone = _outputs(tmp_path, f"alone{i}")
+        ablation_cell_step(corpora, neurons_path, MODEL, model_dir, cell, stages, EVALUATION, alone["cell"],
+                           alone["items"], alone["record"])  # fmt: skip
+        for kind in ("cell", "items"):
+            pd.testing.assert_frame_equal(pd.read_parquet(grouped[i][kind]), pd.read_parquet(alone[kind]))
+    values = {i: pd.read_parquet(out["cell"])["value"].tolist() for i, out in enumerate(grouped)}
+    assert values[0] != values[4] != values[2], "the cells differ from each other and from the baseline"
 
 
 def test_finetune_cells_train_only_what_they_should(tmp_path, two_corpora, model_dir):
@@ -167,7 +204,8 @@ def test_finetune_cells_train_only_what_they_should(tmp_path, two_corpora, model
     for method in ("none", "targeted", "full"):
         artefact = tmp_path / method
         finetune_cell_step(corpora, neurons_path, MODEL, model_dir, "fr", method, "specific", training, 0,
-                           EVALUATION, str(artefact), str(tmp_path / f"{method}.parquet"))  # fmt: skip
+                           EVALUATION, str(artefact), str(tmp_path / f"{method}.parquet"),
+                           str(tmp_path / f"{method}.items.parquet"))  # fmt: skip
         tables[method] = pd.read_parquet(tmp_path / f"{method}.parquet").set_index("eval_language")
     assert (tmp_path / "targeted" / "delta.safetensors").exists()
     assert tables["none"]["trainable_params"].iloc[0] == 0
@@ -176,7 +214,7 @@ def test_finetune_cells_train_only_what_they_should(tmp_path, two_corpora, model
     with pytest.raises(ConfigError, match="finetune.n_docs=5 but 'fr' has 3 finetune documents"):
         finetune_cell_step(
             corpora, neurons_path, MODEL, model_dir, "fr", "targeted", "specific", {**training, "n_docs": 5}, 0,
-            EVALUATION, str(tmp_path / "x"), str(tmp_path / "x.parquet"),
+            EVALUATION, str(tmp_path / "x"), str(tmp_path / "x.parquet"), str(tmp_path / "x.items.parquet"),
         )  # fmt: skip
 
 
@@ -189,12 +227,14 @@ def test_an_empty_condition_is_a_nan_cell_and_detectors_match_their_sets(tmp_pat
             "control_seed": None}  # fmt: skip
     out = tmp_path / "cell.parquet"
     ablation_cell_step(corpora, neurons_path, MODEL, model_dir, cell, stages, EVALUATION, str(out),
-                       str(tmp_path / "cell.json"))  # fmt: skip
+                       str(tmp_path / "cell.items.parquet"), str(tmp_path / "cell.json"))  # fmt: skip
     table = pd.read_parquet(out)
     assert len(table) == 2 and table["value"].isna().all() and (table["n_neurons_deactivated"] == 0).all()
+    assert pd.read_parquet(tmp_path / "cell.items.parquet").empty
     with pytest.raises(ConfigError, match="LAPE's sets have set kind 'lape'"):
         ablation_cell_step(corpora, neurons_path, MODEL, model_dir, {**cell, "detector": "lape"}, stages,
-                           EVALUATION, str(tmp_path / "x.parquet"), str(tmp_path / "x.json"))  # fmt: skip
+                           EVALUATION, str(tmp_path / "x.parquet"), str(tmp_path / "x.items.parquet"),
+                           str(tmp_path / "x.json"))  # fmt: skip
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -243,3 +283,62 @@ def test_neuron_sets_with_lape_agreement_and_stability(tmp_path, two_corpora, mo
     pd.testing.assert_frame_equal(stability, set_stability(scores, TOP_K, 0.5, "specific", [2, "all"], 0, 2))
     assert set(stability["kind"]) == {"halves", "subsample"}
     assert (stability.loc[stability["n_docs"] == 4, "jaccard"] == 1).all(), "all documents against themselves"
+
+
+def _write_benchmarks(folder) -> dict:
+    """Tiny local MGSM (fr only) and X-CSQA (fr, de) files in the formats the loaders read."""
+    gen = torch.Generator().manual_seed(5)
+
+    def words(n):
+        return " ".join(f"w{int(t)}" for t in torch.randint(3, VOCAB, (n,), generator=gen))
+
+    (folder / "mgsm").mkdir()
+    (folder / "mgsm" / "fr.tsv").write_text("".join(f"{words(6)}\t{i + 2}\n" for i in range(4)), encoding="utf-8")
+    (folder / "xcsqa").mkdir()
+    for language in ("fr", "de"):
+        lines = [
+            json.dumps({"id": str(i), "answerKey": "ABC"[i % 3],
+                        "question": {"stem": words(5), "choices": [{"label": c, "text": words(2)} for c in "ABC"]}})
+            for i in range(5)
+        ]  # fmt: skip
+        (folder / "xcsqa" / f"dev.{language}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    bench = {"source": None, "split": None, "languages": None}
+    return {
+        "mgsm": {**bench, "source": str(folder / "mgsm"), "n_items": 3, "n_shots": 1, "max_new_tokens": 4},
+        "xcsqa": {**bench, "source": str(folder / "xcsqa"), "n_items": 4, "normalization": "sum"},
+    }
+
+
+def test_a_cell_evaluates_every_metric_in_the_languages_that_have_its_data(tmp_path, two_corpora, model_dir):
+    from langneurons import evaluation
+    from langneurons.steps.ablation import ablation_cell_step, read_eval_documents
+
+    corpora, neurons_path = two_corpora
+    benchmarks = _write_benchmarks(tmp_path)
+    settings = {**EVALUATION, "metrics": ["perplexity", "fidelity", "mgsm", "xcsqa"], "benchmarks": benchmarks,
+                "fidelity": {"prompt_tokens": 4, "max_new_tokens": 3}}  # fmt: skip
+    out = _outputs(tmp_path, "baseline")
+    ablation_cell_step(corpora, neurons_path, MODEL, model_dir, _cell("none", None, "none"), {}, settings,
+                       out["cell"], out["items"], out["record"])  # fmt: skip
+    table = pd.read_parquet(out["cell"]).set_index(["eval_language", "metric"])
+    items = pd.read_parquet(out["items"])
+    assert sorted(table.index) == sorted([("fr", "perplexity"), ("de", "perplexity"), ("fr", "fidelity"),
+                                          ("de", "fidelity"), ("fr", "mgsm"), ("fr", "xcsqa"), ("de", "xcsqa")])
+    # each value is what evaluate() gives on the same data, and is the mean of its items
+    model, tokenizer = load_model(model_dir)
+    docs = pd.concat(read_eval_documents(corpora, EVALUATION["n_docs"]).values())
+    direct = {
+        ("fr", "mgsm"): evaluation.evaluate(model, tokenizer, "mgsm", str(tmp_path / "mgsm" / "fr.tsv"), "fr",
+                                            limit=4, n_shots=1, max_new_tokens=4, progress=False),
+        ("de", "xcsqa"): evaluation.evaluate(model, tokenizer, "xcsqa", str(tmp_path / "xcsqa"), "de", limit=4,
+                                             split="dev", progress=False),
+        ("fr", "fidelity"): evaluation.evaluate(model, tokenizer, "fidelity", docs, "fr", languages=["fr", "de"],
+                                                prompt_tokens=4, max_new_tokens=3, progress=False),
+    }  # fmt: skip
+    for key, result in direct.items():
+        assert table.loc[key, "value"] == pytest.approx(result["value"]) and table.loc[key, "n"] == result["n"], key
+        mine = items[(items["eval_language"] == key[0]) & (items["metric"] == key[1])]
+        assert mine["value"].mean() == pytest.approx(result["value"])
+    assert table.loc[("de", "xcsqa"), "chance"] == pytest.approx(direct[("de", "xcsqa")]["chance"])
+    assert table.loc[("fr", "mgsm"), "n"] == 3, "the worked example is not evaluated"
+    assert table.loc[[("fr", "perplexity"), ("fr", "mgsm"), ("fr", "fidelity")], "chance"].isna().all()

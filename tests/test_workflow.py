@@ -47,7 +47,9 @@ FIGURES = {
     "fig3_overlap": "How much the languages' specific neuron sets overlap.",
     "fig3b_overlap_lape": "How much the languages' LAPE neuron sets overlap.",
     "fig4_ablation_perplexity": "What deactivating each language's neurons does to every language (perplexity).",
+    "fig4_ablation_xcsqa": "What deactivating each language's neurons does to every language (xcsqa).",
     "fig5_finetune_perplexity": "What fine-tuning for one language does to every language (perplexity).",
+    "fig5_finetune_xcsqa": "What fine-tuning for one language does to every language (xcsqa).",
     "fig6_stability": "How stable the language-specific neuron sets are.",
 }
 #: What a new neuron table reschedules downstream of it: each language's decoding with its specific
@@ -60,14 +62,14 @@ AFTER_NEURON_SETS = {
     "figure_neuron_counts": 1,
     "figure_overlap": 1,
     "figure_overlap_lape": 1,
-    # the real and random ablation cells of PLND and LAPE (not the baseline), and targeted
-    # fine-tuning (not "none")
-    "ablation_cell": 4,
+    # the real and random ablation groups (each holds the cells of PLND and LAPE; not the baseline),
+    # and targeted fine-tuning (not "none")
+    "ablation_group": 2,
     "ablation_grid": 1,
-    "figure_ablation": 1,
+    "figure_ablation": 2,  # one per metric (perplexity, xcsqa)
     "finetune_cell": 1,
     "finetune_results": 1,
-    "figure_finetune": 1,
+    "figure_finetune": 2,
     "all": 1,
 }
 #: The stability of the sets is computed from the scores with the selection settings.
@@ -75,6 +77,23 @@ STABILITY = {"stability": 1, "figure_stability": 1}
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 pytestmark = pytest.mark.workflow
+
+
+def write_xcsqa(folder: Path) -> str:
+    """Four X-CSQA items per language of the tiny run, in X-CSR's layout (<lang>/dev.jsonl)."""
+    stems = {"en": "Where does the water go", "fr": "Où va l'eau", "zh": "水去哪里"}
+    choices = {"en": ["the sea", "the sky", "the road"], "fr": ["la mer", "le ciel", "la route"],
+               "zh": ["海", "天", "路"]}  # fmt: skip
+    for language, stem in stems.items():
+        (folder / language).mkdir(parents=True)
+        items = [
+            {"id": f"{language}{i}", "answerKey": "ABC"[i % 3],
+             "question": {"stem": f"{stem} {i}?", "choices": [{"label": label, "text": text} for label, text in
+                                                              zip("ABC", choices[language])]}}
+            for i in range(4)
+        ]  # fmt: skip
+        (folder / language / "dev.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items), "utf-8")
+    return str(folder)
 
 
 class Workflow:
@@ -90,6 +109,9 @@ class Workflow:
             else:
                 shutil.copy2(source, self.repo / name)
         self.tiny = yaml.safe_load((REPO / "tests" / "config" / "tiny.yaml").read_text())
+        # one of the paper's benchmarks from local files, in the run's languages
+        self.tiny["evaluation"]["metrics"] = [*self.tiny["evaluation"]["metrics"], "xcsqa"]
+        self.tiny["evaluation"]["benchmarks"] = {"xcsqa": {"source": write_xcsqa(root / "xcsqa"), "n_items": 4}}
         self.results = self.workdir / "results" / self.tiny["run"]
 
     def config_file(self, name: str = "tiny.yaml", **changes) -> Path:
@@ -214,6 +236,63 @@ def test_runs_end_to_end_and_then_has_nothing_to_do(workflow):
     assert not {"prepare_model", "model_fingerprint"} & set(rules_of(workflow.planned("--forceall")))
 
 
+def test_the_grouped_ablation_gives_the_grid_of_cells_evaluated_one_by_one(workflow, tmp_path):
+    """The workflow evaluates a target's cells in one job on one model; each cell evaluated on its own, on a
+    freshly loaded model, gives the same grid."""
+    import pandas as pd
+
+    from langneurons.config import load_schema, resolve_config
+    from langneurons.steps.ablation import CELL_KEYS, ablation_cell_step, ablation_grid_step
+
+    layers = [yaml.safe_load(path.read_text()) for path in (workflow.repo / "config.yaml", workflow.config_file())]
+    config = resolve_config(layers, load_schema(workflow.repo / "schemas" / "config.schema.yaml"))
+    grid = read_parquet(workflow.results / "ablation" / "grid.parquet")
+    assert set(grid["metric"]) == {"perplexity", "xcsqa"} and grid["chance"].notna().any()
+    assert grid[["low", "high", "difference_low", "difference_high"]].notna().all().all()
+    # a ratio has no interval where a resample's baseline accuracy is 0 (4 items): never for perplexity
+    assert grid.loc[grid["metric"] == "perplexity", ["ratio_low", "ratio_high"]].notna().all().all()
+    settings = {**config["evaluation"], **config["execution"]["evaluation"], "seed": config["seed"]}
+    corpora = {lang: str(workflow.results / "corpus" / f"{lang}.parquet") for lang in config["languages"]}
+    cells, items = [], []
+    for i, key in enumerate(grid[list(CELL_KEYS)].drop_duplicates().itertuples(index=False)):
+        cell = {"condition": key.condition, "detector": key.detector, "set_kind": key.set_kind,
+                "target_language": key.target_language,
+                "control_seed": None if key.control == "real" else int(key.seed)}  # fmt: skip
+        cells.append(str(tmp_path / f"{i}.parquet"))
+        items.append(str(tmp_path / f"{i}.items.parquet"))
+        ablation_cell_step(corpora, str(workflow.results / "neurons" / "neurons.parquet"),
+                           {**config["model"], "device_map": None}, str(workflow.results / "model"), cell,
+                           config["stages"], settings, cells[-1], items[-1], str(tmp_path / f"{i}.json"))  # fmt: skip
+    assert len(cells) == 5, "the baseline, and PLND's and LAPE's set of zh with its random control"
+    ablation_grid_step(cells, items, config["uncertainty"], str(tmp_path / "grid.parquet"))
+    order = [*CELL_KEYS, "eval_language", "metric"]
+    reference = read_parquet(tmp_path / "grid.parquet").sort_values(order).reset_index(drop=True)
+    pd.testing.assert_frame_equal(grid.sort_values(order).reset_index(drop=True), reference[grid.columns])
+
+
+#: What new intervals or new evaluations of the grids reschedule after the grids' cells.
+GRID_TABLES = {"ablation_grid": 1, "finetune_results": 1, "figure_ablation": 2, "figure_finetune": 2, "all": 1}
+
+
+def test_uncertainty_settings_rerun_only_the_grid_tables_and_their_figures(workflow):
+    jobs = workflow.planned(config=workflow.config_file("intervals.yaml", uncertainty={"n_resamples": 200}))
+    assert rules_of(jobs) == Counter(GRID_TABLES)
+
+
+def test_an_unused_benchmark_reruns_nothing_and_an_edited_benchmark_file_reruns_the_evaluations(workflow):
+    benchmarks = {**workflow.tiny["evaluation"]["benchmarks"], "mgsm": {"n_items": 3, "n_shots": 2}}
+    assert workflow.planned(config=workflow.config_file("unused.yaml", evaluation__benchmarks=benchmarks)) == []
+    data = Path(workflow.tiny["evaluation"]["benchmarks"]["xcsqa"]["source"]) / "zh" / "dev.jsonl"
+    original = data.read_text(encoding="utf-8")
+    try:  # a new content (the profile compares small files by checksum, so a mere touch reruns nothing)
+        data.write_text(original + original.splitlines()[0] + "\n", encoding="utf-8")
+        jobs = workflow.planned()
+    finally:
+        data.write_text(original, encoding="utf-8")
+    # every evaluating job reads it: the baseline, both ablation groups, both fine-tuning cells
+    assert rules_of(jobs) == Counter({"ablation_baseline": 1, "ablation_group": 2, "finetune_cell": 2, **GRID_TABLES})
+
+
 def test_reordering_config_keys_reruns_nothing(workflow):
     reordered = yaml.safe_load(workflow.config_file().read_text())
     reordered = {key: reordered[key] for key in reversed(list(reordered))}
@@ -252,7 +331,8 @@ def test_adding_a_language_scores_only_that_language(workflow):
             **STABILITY,
             "logit_lens": 8,
             # every cell evaluates every language
-            "ablation_cell": 5,
+            "ablation_baseline": 1,
+            "ablation_group": 2,
             "finetune_cell": 2,
         }
     )
@@ -298,9 +378,12 @@ def test_editing_a_library_module_reruns_the_steps_that_use_it(workflow):
             **AFTER_NEURON_SETS,
             **STABILITY,
             **dict.fromkeys(figures, 1),
+            "figure_ablation": 2,
+            "figure_finetune": 2,
             "token_languages": 1,
             "logit_lens": 6,
-            "ablation_cell": 5,
+            "ablation_baseline": 1,
+            "ablation_group": 2,
             "finetune_cell": 2,
         }
     )
@@ -318,7 +401,8 @@ def test_editing_the_plotting_module_redraws_every_figure_and_nothing_else(workf
         "figure_language_ratio", "figure_language_ratio_deactivated", "figure_neuron_counts", "figure_overlap",
         "figure_overlap_lape", "figure_ablation", "figure_finetune", "figure_stability",
     )  # fmt: skip
-    assert rules_of(jobs) == Counter({**dict.fromkeys(figures, 1), "all": 1})
+    per_metric = {"figure_ablation": 2, "figure_finetune": 2}  # perplexity and xcsqa
+    assert rules_of(jobs) == Counter({**dict.fromkeys(figures, 1), **per_metric, "all": 1})
 
 
 def test_changing_the_logit_lens_top_k_reruns_the_lens_never_the_neurons(workflow):
@@ -416,11 +500,13 @@ def test_the_7b_preset_plans_its_full_dag_for_a_gpu_cluster_offline(tmp_path):
     assert counts["count_activations"] == len(languages)
     assert counts["logit_lens"] == 2 * len(languages)
     seeds = len(config["ablation"]["control_seeds"])
-    assert counts["ablation_cell"] == 1 + len(config["ablation"]["conditions"]) * len(languages) * (1 + seeds)
+    # one job per target and control (each evaluates every condition's cell), and the baseline
+    assert counts["ablation_group"] == len(languages) * (1 + seeds) and counts["ablation_baseline"] == 1
     assert counts["finetune_cell"] == len(languages) * len(config["finetune"]["methods"])
     assert "train_demo_model" not in counts
     groups = {
-        "score_shard": "scoring", "logit_lens": "logit_lens", "ablation_cell": "ablation",
+        "score_shard": "scoring", "logit_lens": "logit_lens", "ablation_group": "ablation",
+        "ablation_baseline": "ablation",
         "finetune_cell": "finetune", "count_activations": "sets", "stability": "sets", "neuron_sets": "light",
         "sample_corpus": "light", "figure_overlap": "light",
     }  # fmt: skip
@@ -485,6 +571,7 @@ def test_report_embeds_every_figure_with_its_caption(workflow):
         (dict(selectivity__methods=["paper"], selectivity__targets=["de"]), r"selectivity.targets: \['de'\]"),
         (dict(selectivity__methods=["paper"], selectivity__set_kinds=["shared_by_at_most-4"]), "count more languages"),
         (dict(selectivity__methods=["paper"], selectivity__top_k=[2.5]), "a count .* must be a whole number"),
+        (dict(evaluation__benchmarks={"xcsqa": {"source": "nowhere"}}), r"benchmarks.xcsqa.source='nowhere'"),
     ],
 )
 def test_invalid_config_fails_at_parse_time(workflow, changes, message):

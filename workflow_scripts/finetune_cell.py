@@ -18,4 +18,5 @@ with logged(snakemake.log):
         evaluation_settings={**snakemake.params.evaluation, **execution["evaluation"], "seed": snakemake.params.seed},
         artefact_dir=snakemake.output.artefact,
         table_path=snakemake.output.table,
+        items_path=snakemake.output.per_item,
     )

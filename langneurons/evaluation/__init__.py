@@ -89,6 +89,7 @@ from langneurons.evaluation.tasks import (
     evaluate,
     metric_interval,
     mgsm,
+    paired_metric_changes,
     paired_metric_interval,
     results_table,
     xcopa,
@@ -99,8 +100,10 @@ from langneurons.evaluation.tasks import (
 )
 from langneurons.evaluation.uncertainty import (
     Interval,
+    PairedChange,
     bootstrap_interval,
     mean_statistic,
+    paired_change_intervals,
     paired_ratio_interval,
     perplexity_statistic,
 )
@@ -112,6 +115,7 @@ __all__ = [
     "Interval",
     "METRICS",
     "Metric",
+    "PairedChange",
     "MissingDataError",
     "PerplexityResult",
     "RougeScore",
@@ -137,6 +141,8 @@ __all__ = [
     "normalize_answer",
     "normalize_language",
     "numbers_match",
+    "paired_change_intervals",
+    "paired_metric_changes",
     "paired_metric_interval",
     "paired_ratio_interval",
     "perplexity",

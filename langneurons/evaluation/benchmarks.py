@@ -5,69 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from langneurons.eval_sources import BENCHMARKS, local_benchmark_file, local_candidates
 from langneurons.evaluation.common import EvaluationError, MissingDataError, normalize_language
 from langneurons.evaluation.metrics import extract_number
-
-#: XLSum's hub config names for ISO codes.
-XLSUM_NAMES = {
-    "en": "english", "fr": "french", "es": "spanish", "ru": "russian", "zh": "chinese_simplified",
-    "ja": "japanese", "ar": "arabic", "sw": "swahili", "th": "thai", "vi": "vietnamese", "hi": "hindi",
-    "bn": "bengali", "id": "indonesian", "ko": "korean", "pt": "portuguese", "tr": "turkish", "uk": "ukrainian",
-    "ur": "urdu", "fa": "persian", "te": "telugu", "ta": "tamil", "mr": "marathi", "ne": "nepali",
-    "so": "somali", "ha": "hausa", "yo": "yoruba", "ig": "igbo", "am": "amharic", "cy": "welsh",
-}
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """Where a benchmark lives on the hub and how local copies are laid out."""
-
-    hub_path: str
-    hub_config: Callable[[str], str]
-    hub_split: str
-    local_names: Callable[[str, str | None], list[str]]
-    local_split: str | None
-    languages: tuple[str, ...]
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "mgsm": Benchmark(
-        "juletxara/mgsm", lambda lang: lang, "test",
-        lambda lang, split: [f"{lang}.tsv", f"mgsm_{lang}.tsv"], None,
-        ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh"),
-    ),
-    "xquad": Benchmark(
-        "google/xquad", lambda lang: f"xquad.{lang}", "validation",
-        lambda lang, split: [f"xquad.{lang}.json", f"{lang}.json", f"xquad.{lang}.jsonl", f"{lang}.jsonl"], None,
-        ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"),
-    ),
-    "xcopa": Benchmark(
-        "cambridgeltl/xcopa", lambda lang: lang, "test",
-        lambda lang, split: [f"{split}.{lang}.jsonl", f"{lang}.jsonl"], "test",
-        ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh"),
-    ),
-    "xcsqa": Benchmark(
-        "INK-USC/xcsr", lambda lang: f"X-CSQA-{'jap' if lang == 'ja' else lang}", "validation",
-        lambda lang, split: [
-            f"{code}/{split}.jsonl" for code in dict.fromkeys((lang, "jap" if lang == "ja" else lang))
-        ] + [f"{split}.{lang}.jsonl", f"{lang}.jsonl"],
-        "dev",
-        ("ar", "de", "en", "es", "fr", "hi", "it", "ja", "nl", "pl", "pt", "ru", "sw", "ur", "vi", "zh"),
-    ),
-    "xlsum": Benchmark(
-        "csebuetnlp/xlsum", lambda lang: XLSUM_NAMES.get(lang, lang), "test",
-        lambda lang, split: [f"{XLSUM_NAMES.get(lang, lang)}_{split}.jsonl", f"{lang}_{split}.jsonl", f"{lang}.jsonl"],
-        "test",
-        tuple(sorted(XLSUM_NAMES)),
-    ),
-}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -122,22 +68,15 @@ def _read_records(path: Path) -> list[dict]:
 
 
 def _local_file(name: str, language: str, source: Path, split: str | None) -> Path:
-    if source.is_file():
-        return source
-    if not source.is_dir():
+    if not source.exists():
         raise EvaluationError(f"{name}: data path {str(source)!r} does not exist")
-    bench = BENCHMARKS[name]
-    split = split or bench.local_split
-    candidates = bench.local_names(language, split)
-    if name == "xcsqa" and split == "dev":
-        candidates += bench.local_names(language, "validation")
-    for candidate in candidates:
-        if (source / candidate).is_file():
-            return source / candidate
-    raise EvaluationError(
-        f"{name}: no file for language {language!r} in {str(source)!r}; looked for {candidates}. "
-        "Pass the file itself as data, or name it like one of these"
-    )
+    found = local_benchmark_file(name, language, source, split)
+    if found is None:
+        raise EvaluationError(
+            f"{name}: no file for language {language!r} in {str(source)!r}; looked for "
+            f"{local_candidates(name, language, split)}. Pass the file itself as data, or name it like one of these"
+        )
+    return found
 
 
 def _hub_records(name: str, language: str, split: str | None) -> list[dict]:
@@ -194,6 +133,9 @@ def _canonical(name: str, record: Mapping, index: int, language: str) -> dict:
             raise EvaluationError(f"xcopa record {index} has question={record['question']!r}; use cause or effect")
         return {k: record[k] for k in ("premise", "choice1", "choice2", "question")} | {"label": int(record["label"])}
     if name == "xcsqa":
+        if {"stem", "choices", "label"} <= set(record):  # already canonical (records loaded once, evaluated again)
+            return {"stem": str(record["stem"]), "choices": [str(t) for t in record["choices"]],
+                    "label": int(record["label"])}  # fmt: skip
         _require(record, ["question", "answerKey"], name, index)
         question = record["question"]
         choices = question["choices"]

@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pandas as pd
 import torch
 
+from langneurons.errors import EvaluationError, MissingDataError
+from langneurons.eval_sources import ISO_ALIASES, normalize_language
 
-class EvaluationError(ValueError):
-    """Bad evaluation input; the message names the field, the value and the fix."""
-
-
-class MissingDataError(EvaluationError):
-    """A metric was called without the data it needs."""
-
-
-#: ISO 639-2/3 codes (and a few common names) -> the ISO 639-1 code that
-#: py3langid, the benchmarks and the corpus use. Script/region suffixes
-#: ("zh-Hans", "zh_CN", "zho_Hans", "swh_Latn") are stripped first.
-ISO_ALIASES: dict[str, str] = {
-    "eng": "en", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr", "spa": "es", "rus": "ru",
-    "zho": "zh", "chi": "zh", "cmn": "zh", "jpn": "ja", "jap": "ja", "tha": "th", "ara": "ar",
-    "arb": "ar", "swa": "sw", "swh": "sw", "vie": "vi", "ita": "it", "por": "pt", "nld": "nl",
-    "dut": "nl", "pol": "pl", "tur": "tr", "hin": "hi", "ben": "bn", "tel": "te", "tam": "ta",
-    "urd": "ur", "ind": "id", "kor": "ko", "ell": "el", "gre": "el", "ron": "ro", "rum": "ro",
-    "est": "et", "hat": "ht", "que": "qu", "ukr": "uk", "fas": "fa", "pes": "fa", "per": "fa",
-    "heb": "he",
-}
-
-
-
-def normalize_language(code: str) -> str:
-    """'zh-Hans', 'zh_CN', 'zho_Hans', 'ZH', 'jap' -> 'zh' / 'ja': one code per language everywhere."""
-    if not isinstance(code, str) or not code.strip():
-        raise EvaluationError(f"language code {code!r} is not a non-empty string; use an ISO 639-1 code such as 'fr'")
-    base = re.split(r"[-_]", code.strip(), maxsplit=1)[0].lower()
-    return ISO_ALIASES.get(base, base)
+__all__ = ["EvaluationError", "ISO_ALIASES", "MissingDataError", "normalize_language"]
 
 
 @contextmanager

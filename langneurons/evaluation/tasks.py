@@ -28,10 +28,11 @@ from langneurons.evaluation.metrics import exact_match, extract_number, numbers_
 from langneurons.evaluation.scoring import PerplexityResult, document_nll, multiple_choice
 from langneurons.evaluation.uncertainty import (
     Interval,
+    PairedChange,
     Statistic,
     bootstrap_interval,
     mean_statistic,
-    paired_ratio_interval,
+    paired_change_intervals,
     perplexity_statistic,
 )
 
@@ -418,6 +419,38 @@ def metric_interval(
                               confidence=confidence)  # fmt: skip
 
 
+def _check_same_items(baseline: pd.DataFrame, treated: pd.DataFrame) -> None:
+    if "item" not in baseline.columns or "item" not in treated.columns:
+        raise EvaluationError("baseline and treated need an 'item' column; pass the 'per_item' tables of two results")
+    if baseline["item"].tolist() != treated["item"].tolist():
+        raise EvaluationError(
+            f"baseline ({len(baseline)} items) and treated ({len(treated)} items) do not hold the same items in the "
+            "same order; evaluate both on the same data"
+        )
+
+
+def paired_metric_changes(
+    metric: str,
+    baseline: pd.DataFrame,
+    treated: Sequence[pd.DataFrame],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedChange:
+    """Bootstrap intervals of ``metric``'s change from ``baseline`` to ``treated`` (ratio and difference).
+
+    ``treated`` holds one ``per_item`` table per replicate (e.g. per random-control seed), each of the same
+    items as ``baseline`` in the same order (:func:`paired_change_intervals`).
+    """
+    for table in treated:
+        _check_same_items(baseline, table)
+    return paired_change_intervals(
+        _item_values(metric, baseline, "baseline"), [_item_values(metric, t, "treated") for t in treated],
+        METRICS[metric].statistic, n_resamples=n_resamples, seed=seed, confidence=confidence,
+    )  # fmt: skip
+
+
 def paired_metric_interval(
     metric: str,
     baseline: pd.DataFrame,
@@ -432,17 +465,8 @@ def paired_metric_interval(
     ``baseline`` and ``treated`` are ``per_item`` tables of the same data
     evaluated twice; their ``item`` columns must agree row by row.
     """
-    if "item" not in baseline.columns or "item" not in treated.columns:
-        raise EvaluationError("baseline and treated need an 'item' column; pass the 'per_item' tables of two results")
-    if baseline["item"].tolist() != treated["item"].tolist():
-        raise EvaluationError(
-            f"baseline ({len(baseline)} items) and treated ({len(treated)} items) do not hold the same items in the "
-            "same order; evaluate both on the same data"
-        )
-    return paired_ratio_interval(
-        _item_values(metric, baseline, "baseline"), _item_values(metric, treated, "treated"),
-        METRICS[metric].statistic, n_resamples=n_resamples, seed=seed, confidence=confidence,
-    )
+    return paired_metric_changes(metric, baseline, [treated], n_resamples=n_resamples, seed=seed,
+                                 confidence=confidence).ratio  # fmt: skip
 
 
 def evaluate(

@@ -19,14 +19,22 @@ give the same interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from langneurons.evaluation.common import EvaluationError
 
-__all__ = ["Interval", "bootstrap_interval", "mean_statistic", "paired_ratio_interval", "perplexity_statistic"]
+__all__ = [
+    "Interval",
+    "PairedChange",
+    "bootstrap_interval",
+    "mean_statistic",
+    "paired_change_intervals",
+    "paired_ratio_interval",
+    "perplexity_statistic",
+]
 
 Statistic = Callable[[np.ndarray], float]
 
@@ -96,6 +104,62 @@ def bootstrap_interval(
     return Interval(statistic(values), *_percentiles(stats, confidence), confidence, n_resamples)
 
 
+@dataclass(frozen=True)
+class PairedChange:
+    """The change from a baseline to a treatment measured on the same items, as a ratio and as a difference."""
+
+    ratio: Interval
+    difference: Interval
+
+
+def paired_change_intervals(
+    baseline: np.ndarray,
+    treated: Sequence[np.ndarray],
+    statistic: Statistic = mean_statistic,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedChange:
+    """Percentile bootstrap intervals of the change from ``baseline`` to ``treated`` over the same items.
+
+    ``treated`` holds one array per replicate of the treatment (the random controls of several seeds, say;
+    often just one), each with the rows of ``baseline``: row i is the same item (document) every time. The
+    change is the mean over replicates of ``statistic(treated_j) / statistic(baseline)`` (ratio) and of
+    ``statistic(treated_j) - statistic(baseline)`` (difference). Each resample draws the same rows for the
+    baseline and every replicate; with several replicates it also draws the replicates with replacement, so
+    the interval holds both the items' and the replicates' spread. A resample whose baseline statistic is 0
+    has no ratio (NaN), and so has the ratio's interval then.
+    """
+    baseline = _check(baseline, n_resamples, confidence, "baseline")
+    if isinstance(treated, np.ndarray) or not len(treated):
+        raise EvaluationError("treated must be a non-empty list of arrays, one per replicate of the treatment")
+    replicates = [_check(t, n_resamples, confidence, "treated") for t in treated]
+    if any(t.shape != baseline.shape for t in replicates):
+        raise EvaluationError(
+            f"baseline {baseline.shape} and treated {[t.shape for t in replicates]} must hold the same items in "
+            "the same order"
+        )
+    draws = _resamples(len(baseline), n_resamples, seed)
+    base = np.array([statistic(baseline[rows]) for rows in draws], dtype=np.float64)
+    stats = np.array([[statistic(t[rows]) for t in replicates] for rows in draws], dtype=np.float64)
+    if len(replicates) > 1:  # a second stream, so that one replicate gives the plain paired interval
+        picks = np.random.default_rng([seed, 1]).integers(0, len(replicates), size=(n_resamples, len(replicates)))
+        stats = np.take_along_axis(stats, picks, axis=1)
+    whole_base = statistic(baseline)
+    whole = np.array([statistic(t) for t in replicates], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (stats / base[:, None]).mean(axis=1)
+        ratio_estimate = float((whole / whole_base).mean())
+    ratios[~np.isfinite(ratios)] = np.nan
+    differences = (stats - base[:, None]).mean(axis=1)
+    return PairedChange(
+        Interval(ratio_estimate if math.isfinite(ratio_estimate) else math.nan, *_percentiles(ratios, confidence),
+                 confidence, n_resamples),
+        Interval(float((whole - whole_base).mean()), *_percentiles(differences, confidence), confidence, n_resamples),
+    )  # fmt: skip
+
+
 def paired_ratio_interval(
     baseline: np.ndarray,
     treated: np.ndarray,
@@ -108,19 +172,8 @@ def paired_ratio_interval(
     """Percentile bootstrap interval of ``statistic(treated) / statistic(baseline)`` over the same items.
 
     Row i of both arrays is the same item (document) evaluated twice; each
-    resample draws the same rows from both. A resample whose baseline
-    statistic is 0 has no ratio (NaN), and so has the interval then.
+    resample draws the same rows from both (:func:`paired_change_intervals`).
     """
-    baseline = _check(baseline, n_resamples, confidence, "baseline")
-    treated = _check(treated, n_resamples, confidence, "treated")
-    if baseline.shape != treated.shape:
-        raise EvaluationError(
-            f"baseline {baseline.shape} and treated {treated.shape} must hold the same items in the same order"
-        )
-    draws = _resamples(len(baseline), n_resamples, seed)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        stats = np.array([np.float64(statistic(treated[rows])) / statistic(baseline[rows]) for rows in draws])
-        estimate = float(np.float64(statistic(treated)) / statistic(baseline))
-    stats[~np.isfinite(stats)] = np.nan
-    return Interval(estimate if math.isfinite(estimate) else math.nan, *_percentiles(stats, confidence), confidence,
-                    n_resamples)  # fmt: skip
+    return paired_change_intervals(
+        baseline, [treated], statistic, n_resamples=n_resamples, seed=seed, confidence=confidence
+    ).ratio

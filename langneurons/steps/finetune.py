@@ -17,11 +17,13 @@ import pandas as pd
 from langneurons import corpora, finetuning
 from langneurons.io import read_parquet, write_parquet_atomic
 from langneurons.selection import language_set
-from langneurons.steps.ablation import evaluate_languages
+from langneurons.steps.ablation import read_eval_documents
 from langneurons.steps.common import ConfigError, load_configured_model, model_record
+from langneurons.steps.evaluation import ITEM_COLUMNS, evaluation_tasks, interval_columns, run_tasks
 
 FINETUNE_COLUMNS = (
-    "method", "target_language", "eval_language", "metric", "value", "n", "trainable_params", "wall_s", "tokens",
+    "method", "target_language", "eval_language", "metric", "value", "n", "chance", "trainable_params", "wall_s",
+    "tokens",
 )  # fmt: skip
 
 
@@ -38,7 +40,13 @@ def finetune_cell_step(
     evaluation_settings: Mapping[str, Any],
     artefact_dir: str,
     table_path: str,
+    items_path: str,
 ) -> None:
+    """Fine-tune a fresh copy of the model for ``target_language`` with ``method``; evaluate every language.
+
+    Writes the artefact, the summary table (one row per eval language and metric) and the per-item values
+    behind it, from which :func:`finetune_results_step` computes intervals.
+    """
     model, tokenizer = load_configured_model(model_params, model_dir)
     config = finetuning.FinetuneConfig(**dict(training))
     documents = corpora.read_corpus(corpus_paths[target_language], "finetune").sort_values("doc_id")
@@ -67,13 +75,13 @@ def finetune_cell_step(
     )
     finetuning.save_result(result, artefact_dir, extra=model_record(model_params, model_dir))
     result.model.eval()
-    eval_docs = {
-        lang: corpora.read_corpus(path, "eval").sort_values("doc_id").head(evaluation_settings["n_docs"])
-        for lang, path in corpus_paths.items()
-    }
-    rows = evaluate_languages(result.model, tokenizer, eval_docs, evaluation_settings["metrics"], evaluation_settings)
+    tasks = evaluation_tasks(tokenizer, read_eval_documents(corpus_paths, evaluation_settings["n_docs"]),
+                             evaluation_settings)  # fmt: skip
+    results, items = run_tasks(result.model, tokenizer, tasks)
     record = result.record
-    table = pd.DataFrame(rows).assign(
+    write_parquet_atomic(items.assign(method=method, target_language=target_language)[
+        ["method", "target_language", *ITEM_COLUMNS]], items_path)  # fmt: skip
+    table = results.assign(
         method=method,
         target_language=target_language,
         trainable_params=record.trainable_params,
@@ -83,6 +91,28 @@ def finetune_cell_step(
     write_parquet_atomic(table[list(FINETUNE_COLUMNS)], table_path)
 
 
-def finetune_results_step(table_paths: list[str], out_path: str) -> None:
-    """All cells of the fine-tuning grid in one table."""
-    write_parquet_atomic(pd.concat([read_parquet(path) for path in table_paths], ignore_index=True), out_path)
+def finetune_results_step(
+    table_paths: list[str], item_paths: list[str], uncertainty: Mapping[str, Any], out_path: str
+) -> None:
+    """All cells of the fine-tuning grid in one table, with intervals.
+
+    Per row: ``low``/``high``, the bootstrap interval of ``value`` over its items; ``before`` (the value of
+    method ``none`` for the same target, the model before fine-tuning), ``ratio_to_before`` and
+    ``difference_to_before`` with paired intervals over the same items (NaN without a ``none`` cell).
+    """
+    table = pd.concat([read_parquet(path) for path in table_paths], ignore_index=True)
+    items = pd.concat([read_parquet(path) for path in item_paths], ignore_index=True)
+    groups = dict(list(items.groupby(["method", "target_language", "eval_language", "metric"], sort=False)))
+    options = {"n_resamples": uncertainty["n_resamples"], "seed": uncertainty["seed"],
+               "confidence": uncertainty["confidence"]}  # fmt: skip
+    keys = ["target_language", "eval_language", "metric"]
+    before = table[table["method"] == "none"].set_index(keys)["value"]
+    table["before"] = before.reindex(pd.MultiIndex.from_frame(table[keys])).to_numpy()
+    rows = []
+    for _, row in table.iterrows():
+        key = (row["target_language"], row["eval_language"], row["metric"])
+        mine, base = groups.get((row["method"], *key)), groups.get(("none", *key))
+        treated = [mine.sort_values("item")] if mine is not None else []
+        before_items = base.sort_values("item") if base is not None else pd.DataFrame()
+        rows.append(interval_columns(row["metric"], before_items, treated, options, reference="before"))
+    write_parquet_atomic(pd.concat([table, pd.DataFrame(rows, index=table.index)], axis=1), out_path)
