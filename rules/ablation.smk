@@ -19,6 +19,8 @@ rule ablation_cell:
     output:
         cell=f"{RESULTS}/ablation/cells/{{condition}}/{{detector}}/{{set_kind}}/{{target}}/{{control}}.parquet",
         record=f"{RESULTS}/ablation/cells/{{condition}}/{{detector}}/{{set_kind}}/{{target}}/{{control}}.json",
+        # per document (item) of every metric: paired bootstrap intervals of the ratios to the baseline
+        per_item=f"{RESULTS}/ablation/cells/{{condition}}/{{detector}}/{{set_kind}}/{{target}}/{{control}}.items.parquet",
     wildcard_constraints:
         condition=ABLATION_CONDITION_RE,
         detector=DETECTOR_RE,

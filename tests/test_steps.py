@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -138,14 +139,16 @@ def test_ablation_cells_and_grid(tmp_path, two_corpora, model_dir):
     from langneurons.steps.ablation import ablation_cell_step, ablation_grid_step
 
     corpora, neurons_path = two_corpora
-    cells = []
+    cells, per_item = [], {}
     for condition, control in [("none", None), ("all", None), ("all", 0)]:
         cell = {"condition": condition, "detector": "plnd", "set_kind": "specific", "target_language": "fr",
                 "control_seed": control}  # fmt: skip
         out = tmp_path / f"{condition}-{control}.parquet"
+        items = tmp_path / f"{condition}-{control}.items.parquet"
         ablation_cell_step(corpora, neurons_path, MODEL, model_dir, cell, {"understanding": 1, "generation": 1},
-                           EVALUATION, str(out), str(tmp_path / f"{condition}-{control}.json"))  # fmt: skip
+                           EVALUATION, str(out), str(tmp_path / f"{condition}-{control}.json"), str(items))  # fmt: skip
         cells.append(str(out))
+        per_item[condition, control] = pd.read_parquet(items)
     ablation_grid_step(cells, str(tmp_path / "grid.parquet"))
     grid = pd.read_parquet(tmp_path / "grid.parquet")
     assert set(grid["eval_language"]) == {"fr", "de"} and set(grid["metric"]) == {"perplexity"}
@@ -155,6 +158,17 @@ def test_ablation_cells_and_grid(tmp_path, two_corpora, model_dir):
     baseline = grid[grid["condition"] == "none"]
     assert (baseline["ratio_to_baseline"] == 1).all()
     assert (grid[grid["condition"] == "all"]["ratio_to_baseline"] != 1).all(), "deactivation changes perplexity"
+    # the per-document table holds every evaluated document and gives back each cell's perplexity
+    n_eval = {lang: len(pd.read_parquet(path).query("split == 'eval'").head(EVALUATION["n_docs"]))
+              for lang, path in corpora.items()}  # fmt: skip
+    for (condition, control), items in per_item.items():
+        assert items.groupby("eval_language")["item"].apply(sorted).to_dict() == {
+            lang: list(range(n)) for lang, n in n_eval.items()
+        }
+        cell = grid[(grid["condition"] == condition) & (grid["seed"] == (-1 if control is None else control))]
+        for lang, docs in items.groupby("eval_language"):
+            expected = cell.loc[cell["eval_language"] == lang, "value"].item()
+            assert math.exp(docs["nll"].sum() / docs["n_tokens"].sum()) == pytest.approx(expected, rel=1e-9)
 
 
 def test_finetune_cells_train_only_what_they_should(tmp_path, two_corpora, model_dir):

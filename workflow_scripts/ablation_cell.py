@@ -22,4 +22,5 @@ with logged(snakemake.log):
         settings={**snakemake.params.settings, **execution["evaluation"], "seed": snakemake.params.seed},
         out_path=snakemake.output.cell,
         record_path=snakemake.output.record,
+        per_item_path=snakemake.output.per_item,
     )

@@ -64,9 +64,10 @@ def cell_neurons(
 
 def evaluate_languages(
     model, tokenizer, eval_docs: Mapping[str, pd.DataFrame], metrics: Sequence[str], settings: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """Every metric on every language's held-out documents, as tidy rows."""
-    rows = []
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Every metric on every language's held-out documents: tidy rows, and the per-item table behind them
+    (``eval_language``, ``metric``, ``item`` and the metric's item columns) for paired bootstrap intervals."""
+    rows, per_item = [], []
     items = None
     if "continuation" in metrics:
         frames = pd.concat(list(eval_docs.values()), ignore_index=True)
@@ -86,7 +87,9 @@ def evaluate_languages(
                 raise ConfigError(f"ablation.metrics has {metric!r}; the grid supports perplexity and continuation")
             result = evaluation.evaluate(model, tokenizer, metric, data, language, progress=False, **options)
             rows.append({"eval_language": language, "metric": metric, "value": result["value"], "n": result["n"]})
-    return rows
+            per_item.append(result["per_item"].assign(eval_language=language, metric=metric))
+    table = pd.concat(per_item, ignore_index=True)
+    return rows, table[["eval_language", "metric", *(c for c in table.columns if c not in ("eval_language", "metric"))]]
 
 
 def ablation_cell_step(
@@ -99,8 +102,12 @@ def ablation_cell_step(
     settings: Mapping[str, Any],
     out_path: str,
     record_path: str,
+    per_item_path: str | None = None,
 ) -> None:
-    """Evaluate every language with one cell's neurons deactivated (none for the baseline)."""
+    """Evaluate every language with one cell's neurons deactivated (none for the baseline).
+
+    ``per_item_path`` (optional) receives the per-document (per-item) table of every metric, so that the
+    ratio to the baseline gets a paired bootstrap interval over the same documents."""
     if cell["condition"] != BASELINE and (cell["detector"] == "lape") != (cell["set_kind"] == "lape"):
         raise ConfigError(
             f"ablation cell with detector {cell['detector']!r} and set kind {cell['set_kind']!r}: LAPE's sets have "
@@ -136,9 +143,10 @@ def ablation_cell_step(
             for lang in eval_docs
             for metric in settings["metrics"]
         ]
+        per_item = pd.DataFrame(columns=["eval_language", "metric", "item"])
     else:
         with deactivate(model, neurons):
-            rows = evaluate_languages(model, tokenizer, eval_docs, settings["metrics"], settings)
+            rows, per_item = evaluate_languages(model, tokenizer, eval_docs, settings["metrics"], settings)
     table = pd.DataFrame(rows).assign(
         condition=cell["condition"],
         detector=cell["detector"],
@@ -149,6 +157,8 @@ def ablation_cell_step(
         n_neurons_deactivated=len(neurons),
     )
     write_parquet_atomic(table[list(GRID_COLUMNS)], out_path)
+    if per_item_path is not None:
+        write_parquet_atomic(per_item, per_item_path)
     write_json_atomic(
         provenance({"cell": dict(cell), "stages": dict(stages), "settings": dict(settings)},
                    **model_record(model_params, model_dir)),
