@@ -1,11 +1,13 @@
 """The real-model report: every number of docs/real_model.md, computed from a finished run's outputs.
 
 Usage: python bench/real_model_report.py --configfile configs/gemma-3-270m.yaml [--results results/<run>]
-       [--update docs/real_model.md] [--resamples 2000]
+       [--update docs/real_model.md] [--readme README.md] [--resamples 2000]
 
-Reads the run's neuron sets, ablation cells (with their per-document tables), logit-lens table and,
+Reads the run's neuron sets, ablation cells (their per-document tables; every finished cell, checked against
+the grid when the grid exists), logit-lens table and,
 when present, ``fidelity.parquet`` (bench/real_model_fidelity.py). Prints Markdown; ``--update`` writes
-it between the ``<!-- BEGIN generated -->`` and ``<!-- END generated -->`` lines of a document instead.
+it between the ``<!-- BEGIN generated -->`` and ``<!-- END generated -->`` lines of a document instead;
+``--readme`` writes a short per-language table between ``<!-- BEGIN real-model summary -->`` and its END line.
 
 Intervals are 95% percentile bootstraps over documents: each resample draws every language's eval
 documents with replacement, and the ablated and baseline perplexities are recomputed on the same
@@ -25,6 +27,7 @@ from langneurons.evaluation import bootstrap_interval
 from langneurons.io import read_parquet
 
 BEGIN, END = "<!-- BEGIN generated -->", "<!-- END generated -->"
+README_BEGIN, README_END = "<!-- BEGIN real-model summary -->", "<!-- END real-model summary -->"
 SITES = ("ffn", "attn_q", "attn_k", "attn_v")
 
 
@@ -92,26 +95,33 @@ def _log_ppl_draws(items: pd.DataFrame, language: str, draws: np.ndarray) -> tup
     return nll.sum() / n.sum(), nll[draws].sum(axis=1) / n[draws].sum(axis=1)
 
 
-def ablation_summary(results: Path, grid: pd.DataFrame, languages: list[str], resamples: int, seed: int):
-    """Per set kind, target and control: ratio on the target, mean and max on the others, selectivity."""
+def ablation_summary(results: Path, languages: list[str], resamples: int, seed: int) -> pd.DataFrame:
+    """Per set kind, target and control (every finished cell of condition ``all``): ratio on the target,
+    mean and max on the others, selectivity; each with its bootstrap draws."""
     baseline = _per_item(results, "none", "none", "none", "real")
     n_docs = baseline.groupby("eval_language").size()
     rng = np.random.default_rng(seed)
     draws = {lang: rng.integers(0, n_docs[lang], size=(resamples, n_docs[lang])) for lang in languages}
     base = {lang: _log_ppl_draws(baseline, lang, draws[lang]) for lang in languages}
+    grid_path = results / "ablation" / "grid.parquet"
+    grid = read_parquet(grid_path) if grid_path.exists() else None
     rows = []
-    cells = grid[(grid["condition"] == "all") & (grid["metric"] == "perplexity")]
-    for (set_kind, target, control, seed_), cell in cells.groupby(["set_kind", "target_language", "control", "seed"]):
-        name = "real" if control == "real" else f"random{seed_}"
+    for path in sorted((results / "ablation" / "cells" / "all" / "plnd").glob("*/*/*.items.parquet")):
+        set_kind, target, name = path.parent.parent.name, path.parent.name, path.name.removesuffix(".items.parquet")
+        cell = read_parquet(path.with_name(f"{name}.parquet"))
         items = _per_item(results, "all", set_kind, target, name)
         ratio, ratio_draws = {}, {}
         for lang in languages:
             treated, treated_draws = _log_ppl_draws(items, lang, draws[lang])
             ratio[lang] = float(np.exp(treated - base[lang][0]))
             ratio_draws[lang] = np.exp(treated_draws - base[lang][1])
-        # the grid's own ratio must be what the per-document tables give back
-        grid_ratio = cell.set_index("eval_language")["ratio_to_baseline"]
-        assert np.allclose([grid_ratio[lang] for lang in languages], [ratio[lang] for lang in languages], rtol=1e-6)
+        if grid is not None:  # the grid's own ratios must be what the per-document tables give back
+            mine = grid[(grid["condition"] == "all") & (grid["set_kind"] == set_kind)
+                        & (grid["target_language"] == target) & (grid["metric"] == "perplexity")
+                        & (grid["control"] == ("real" if name == "real" else "random"))
+                        & (grid["seed"] == (-1 if name == "real" else int(name.removeprefix("random"))))]
+            expected = mine.set_index("eval_language")["ratio_to_baseline"]
+            assert np.allclose([expected[lang] for lang in languages], [ratio[lang] for lang in languages], rtol=1e-6)
         others = [lang for lang in languages if lang != target]
         mean_others = float(np.mean([ratio[lang] for lang in others]))
         mean_draws = np.mean([ratio_draws[lang] for lang in others], axis=0)
@@ -237,11 +247,41 @@ def logit_lens_table(lens: pd.DataFrame, stages: dict) -> tuple[str, str]:
     return _table(pd.DataFrame(rows)), verdict
 
 
+def readme_summary(summary: pd.DataFrame, counts: pd.DataFrame, languages: list[str]) -> str:
+    """The README's short table: per language, specific(L)'s size and its ablation beside the random set."""
+    specific = summary[summary["set_kind"] == "specific"]
+    real = specific[specific["control"] == "real"].set_index("target")
+    random = specific[specific["control"] != "real"].groupby("target").first()
+    percent = counts[counts["set_kind"] == "specific"].groupby("language")["percent_of_all"].sum()
+    rows = []
+    for lang in languages:
+        if lang not in real.index:
+            rows.append({"L": lang, "specific(L), % of neurons": _fmt(percent.get(lang, np.nan)),
+                         "ppl ratio on L": "not run", "mean on others": "", "random set, on L": ""})
+            continue
+        rows.append({
+            "L": lang, "specific(L), % of neurons": _fmt(percent.get(lang, np.nan)),
+            "ppl ratio on L": _fmt(real.loc[lang, "ratio_L"]), "mean on others": _fmt(real.loc[lang, "mean_others"]),
+            "random set, on L": _fmt(random.loc[lang, "ratio_L"]) if lang in random.index else "",
+        })  # fmt: skip
+    return _table(pd.DataFrame(rows))
+
+
+def replace_block(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Write ``text`` between the ``begin`` and ``end`` lines of the file ``path``."""
+    document = path.read_text()
+    if begin not in document or end not in document:
+        raise SystemExit(f"{path} lacks the {begin} / {end} lines that mark the generated block")
+    head, rest = document.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", type=Path, required=True)
     parser.add_argument("--results", type=Path)
     parser.add_argument("--update", type=Path, help="a Markdown file whose generated block is replaced")
+    parser.add_argument("--readme", type=Path, help="also write the short summary table into this file's block")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -250,14 +290,14 @@ def main() -> None:
     results = args.results or Path("results") / config["run"]
     languages = list(config["languages"])
     summary_counts = read_parquet(results / "neurons" / "summary.parquet")
-    grid = read_parquet(results / "ablation" / "grid.parquet")
-    lens = read_parquet(results / "logit_lens" / "all.parquet")
+    # the lens' per-language tables of the plain model (condition none): every language that finished
+    lens_paths = sorted((results / "logit_lens" / "none").glob("*.parquet"))
+    lens = pd.concat([read_parquet(path) for path in lens_paths], ignore_index=True) if lens_paths else None
     set_kinds = [k for k in config["selection"]["set_kinds"] if k in set(summary_counts["set_kind"])]
 
     order = {kind: position for position, kind in enumerate(set_kinds)}
-    summary = ablation_summary(results, grid, languages, args.resamples, args.seed)
+    summary = ablation_summary(results, languages, args.resamples, args.seed)
     summary = summary.sort_values("set_kind", key=lambda kinds: kinds.map(order), kind="stable")
-    lens_table, lens_verdict = logit_lens_table(lens, config["stages"])
     sections = [
         f"Run `{config['run']}`: {len(languages)} languages, "
         f"{config['corpus']['split_sizes']['detect']} detection and {config['evaluation']['n_docs']} evaluation "
@@ -265,25 +305,29 @@ def main() -> None:
         f"{config['evaluation']['max_length']} tokens per document; top-k {config['selection']['top_k']}, "
         f"rho {config['selection']['rho']}; {args.resamples} bootstrap resamples.",
         "", "### Neuron counts", "", neuron_counts(summary_counts, languages, set_kinds),
-        "### Deactivating a language's neurons", "", ablation_tables(summary, languages),
+        "### Deactivating a language's neurons", "",
+        f"{len(summary)} ablation cells (set kind x target x real/random) found under ablation/cells/all.", "",
+        ablation_tables(summary, languages),
         "In short:", "", ablation_verdicts(summary), "",
     ]
     fidelity_path = results / "fidelity.parquet"
     if fidelity_path.exists():
         sections += ["### Generation fidelity", "",
                      fidelity_table(read_parquet(fidelity_path), languages, args.resamples, args.seed)]
-    sections += ["### Logit lens: the share of English, input-language and other tokens among each layer's top 10", "",
-                 lens_table, "", lens_verdict, ""]
+    sections += ["### Logit lens: the share of English, input-language and other tokens among each layer's top 10", ""]
+    if lens is None:
+        sections += ["Not run (the run's logit lens has not finished).", ""]
+    else:
+        lens_table, lens_verdict = logit_lens_table(lens, config["stages"])
+        done = sorted(set(lens["language"]))
+        sections += [f"Languages: {', '.join(done)}.", "", lens_table, "", lens_verdict, ""]
     text = "\n".join(sections)
     if args.update:
-        document = args.update.read_text()
-        if BEGIN not in document or END not in document:
-            raise SystemExit(f"{args.update} lacks the {BEGIN} / {END} lines that mark the generated block")
-        head, rest = document.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        args.update.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        replace_block(args.update, text)
     else:
         print(text)
+    if args.readme:
+        replace_block(args.readme, readme_summary(summary, summary_counts, languages), README_BEGIN, README_END)
 
 
 if __name__ == "__main__":
