@@ -81,9 +81,9 @@ def neuron_counts(summary: pd.DataFrame, languages: list[str], set_kinds: list[s
 # ---- ablation ratios with paired bootstraps over documents ----------------------------------------------
 
 
-def _per_item(results: Path, condition: str, set_kind: str, target: str, control: str) -> pd.DataFrame:
+def _per_item(cells: Path, condition: str, set_kind: str, target: str, control: str) -> pd.DataFrame:
     detector = "none" if condition == "none" else "plnd"
-    path = results / "ablation" / "cells" / condition / detector / set_kind / target / f"{control}.items.parquet"
+    path = cells / condition / detector / set_kind / target / f"{control}.items.parquet"
     table = read_parquet(path)
     return table[table["metric"] == "perplexity"]
 
@@ -95,21 +95,21 @@ def _log_ppl_draws(items: pd.DataFrame, language: str, draws: np.ndarray) -> tup
     return nll.sum() / n.sum(), nll[draws].sum(axis=1) / n[draws].sum(axis=1)
 
 
-def ablation_summary(results: Path, languages: list[str], resamples: int, seed: int) -> pd.DataFrame:
+def ablation_summary(results: Path, cells: Path, languages: list[str], resamples: int, seed: int) -> pd.DataFrame:
     """Per set kind, target and control (every finished cell of condition ``all``): ratio on the target,
     mean and max on the others, selectivity; each with its bootstrap draws."""
-    baseline = _per_item(results, "none", "none", "none", "real")
+    baseline = _per_item(cells, "none", "none", "none", "real")
     n_docs = baseline.groupby("eval_language").size()
     rng = np.random.default_rng(seed)
     draws = {lang: rng.integers(0, n_docs[lang], size=(resamples, n_docs[lang])) for lang in languages}
     base = {lang: _log_ppl_draws(baseline, lang, draws[lang]) for lang in languages}
     grid_path = results / "ablation" / "grid.parquet"
-    grid = read_parquet(grid_path) if grid_path.exists() else None
+    grid = read_parquet(grid_path) if grid_path.exists() and cells == results / "ablation" / "cells" else None
     rows = []
-    for path in sorted((results / "ablation" / "cells" / "all" / "plnd").glob("*/*/*.items.parquet")):
+    for path in sorted((cells / "all" / "plnd").glob("*/*/*.items.parquet")):
         set_kind, target, name = path.parent.parent.name, path.parent.name, path.name.removesuffix(".items.parquet")
         cell = read_parquet(path.with_name(f"{name}.parquet"))
-        items = _per_item(results, "all", set_kind, target, name)
+        items = _per_item(cells, "all", set_kind, target, name)
         ratio, ratio_draws = {}, {}
         for lang in languages:
             treated, treated_draws = _log_ppl_draws(items, lang, draws[lang])
@@ -280,6 +280,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", type=Path, required=True)
     parser.add_argument("--results", type=Path)
+    parser.add_argument("--cells", type=Path, help="the ablation cells (default <results>/ablation/cells; "
+                        "bench/real_model_cells.py writes <results>/ablation-onepass/cells)")
     parser.add_argument("--update", type=Path, help="a Markdown file whose generated block is replaced")
     parser.add_argument("--readme", type=Path, help="also write the short summary table into this file's block")
     parser.add_argument("--resamples", type=int, default=2000)
@@ -296,7 +298,8 @@ def main() -> None:
     set_kinds = [k for k in config["selection"]["set_kinds"] if k in set(summary_counts["set_kind"])]
 
     order = {kind: position for position, kind in enumerate(set_kinds)}
-    summary = ablation_summary(results, languages, args.resamples, args.seed)
+    cells = args.cells or results / "ablation" / "cells"
+    summary = ablation_summary(results, cells, languages, args.resamples, args.seed)
     summary = summary.sort_values("set_kind", key=lambda kinds: kinds.map(order), kind="stable")
     sections = [
         f"Run `{config['run']}`: {len(languages)} languages, "
@@ -306,7 +309,7 @@ def main() -> None:
         f"rho {config['selection']['rho']}; {args.resamples} bootstrap resamples.",
         "", "### Neuron counts", "", neuron_counts(summary_counts, languages, set_kinds),
         "### Deactivating a language's neurons", "",
-        f"{len(summary)} ablation cells (set kind x target x real/random) found under ablation/cells/all.", "",
+        f"{len(summary)} ablation cells (set kind x target x real/random) found under `{cells}`.", "",
         ablation_tables(summary, languages),
         "In short:", "", ablation_verdicts(summary), "",
     ]
