@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from langneurons import corpora
-from langneurons.architectures import site_sizes
+from langneurons.architectures import dimensions, site_sizes
 from langneurons.conditions import layer_stages
 from langneurons.interventions import deactivate
 from langneurons.io import read_parquet, write_parquet_atomic
@@ -49,7 +49,7 @@ def main() -> None:
     ablation, evaluation = config["ablation"], config["evaluation"]
     settings = {**evaluation, **config["execution"]["evaluation"], "seed": config["seed"]}
     model, tokenizer = load_model(args.model, dtype=config["model"]["dtype"])
-    n_layers = model.config.num_hidden_layers
+    n_layers = dimensions(model).n_layers
     stages = layer_stages(n_layers, **config["stages"])
     neurons = read_parquet(results / "neurons" / "neurons.parquet")
     eval_docs = {

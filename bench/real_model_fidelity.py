@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from langneurons import corpora, evaluation
-from langneurons.architectures import site_sizes
+from langneurons.architectures import dimensions, site_sizes
 from langneurons.interventions import deactivate
 from langneurons.io import read_parquet, write_parquet_atomic
 from langneurons.selection import language_set, random_control
@@ -60,7 +60,7 @@ def main() -> None:
     results = args.results or Path("results") / config["run"]
     neurons = read_parquet(results / "neurons" / "neurons.parquet")
     model, tokenizer = load_model(args.model, dtype=config["model"]["dtype"])
-    sizes, n_layers = site_sizes(model), model.config.num_hidden_layers
+    sizes, n_layers = site_sizes(model), dimensions(model).n_layers
 
     frames = []
     for language in languages:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from langneurons.architectures import site_sizes
+from langneurons.architectures import dimensions, site_sizes
 from langneurons.corpora import sample_corpus
 from langneurons.evaluation import document_nll
 from langneurons.interventions import deactivate
@@ -90,7 +90,7 @@ def test_deactivating_specific_zh_hurts_zh_more_than_en_and_than_random_sets(gem
         return float(torch.exp(treated.mean() - baseline[language].mean()))
 
     zh, en = ratio(specific_zh, "zh"), ratio(specific_zh, "en")
-    n_layers = model.config.num_hidden_layers
+    n_layers = dimensions(model).n_layers
     controls = [ratio(random_control(specific_zh, site_sizes(model), n_layers, seed), "zh") for seed in CONTROL_SEEDS]
     print(f"specific(zh): {len(specific_zh)} neurons; ratio zh {zh:.3f}, en {en:.3f}, random on zh {controls}")
     assert zh > 1.0, "deactivating specific(zh) raises zh perplexity"
