@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+#: The presets of the paper's own models, with the paper's settings; the others are cut to their hardware.
+PAPER_PRESETS = [path for path in PRESETS if path.stem in ("llama-3-8b", "mistral-7b-instruct-v0.2")]
+GEMMA_PRESET = REPO / "configs" / "gemma-3-270m.yaml"
 #: Settings a preset for a hub model need not set: they only matter when the workflow trains the demo model.
 DEMO_ONLY = (("model", "demo_languages"), ("model", "demo_settings"), ("resources", "demo_model"))
 
@@ -376,7 +379,11 @@ def test_a_preset_sets_every_setting_of_its_model(preset):
     assert missing == [], f"{preset.name} inherits the demo's {missing}"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
+def test_the_paper_presets_are_found():
+    assert [path.stem for path in PAPER_PRESETS] == ["llama-3-8b", "mistral-7b-instruct-v0.2"]
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS, ids=lambda path: path.stem)
 def test_a_preset_resolves_to_the_papers_settings(preset):
     config = resolve_config([DEFAULT, yaml.safe_load(preset.read_text())], SCHEMA)
     print(yaml.safe_dump(config, sort_keys=False))  # the resolved configuration, shown with -s
@@ -402,3 +409,22 @@ def test_a_preset_resolves_to_the_papers_settings(preset):
         assert config["resources"][group]["gpus"] == 1
     for group in ("sets", "light"):
         assert config["resources"][group]["gpus"] == 0
+
+
+def test_the_gemma_preset_runs_the_real_model_on_a_cpu():
+    """Gemma-3-270m on 2 CPU cores: ten languages of the built-in corpus, every language ablated, no GPU, no
+    fine-tuning grid, and the paper's fractions of units for the sets."""
+    config = resolve_config([DEFAULT, yaml.safe_load(GEMMA_PRESET.read_text())], SCHEMA)
+    check_config(copy.deepcopy(config))
+    assert config["model"]["demo"] is False and config["corpus"]["source"] == {"source": "demo"}
+    assert len(config["languages"]) >= 10 and {"ru", "zh", "ja", "ar", "sw"} <= set(config["languages"])
+    assert set(config["languages"]) <= set(corpora.available_languages(config["corpus"]["source"]))
+    assert config["ablation"]["targets"] is None and config["ablation"]["control_seeds"]
+    assert {"specific", "exclusive"} <= set(config["ablation"]["set_kinds"])
+    assert config["finetune"]["targets"] == []
+    assert config["selection"]["rho"] == 1.0
+    # 2000 of 14336 FFN units and 1000 of 4096 attention dims, as fractions of Gemma's 2048 and 1024 (256 kv)
+    assert config["selection"]["top_k"] == {"ffn": 286, "attn_q": 250, "attn_k": 62, "attn_v": 62}
+    assert all(config["resources"][group]["gpus"] == 0 for group in config["resources"])
+    assert config["execution"]["device_map"] is None
+
