@@ -212,6 +212,26 @@ def fidelity_table(fidelity: pd.DataFrame, languages: list[str], resamples: int,
     ])  # fmt: skip
 
 
+def fidelity_from_cells(cells: Path, languages: list[str]) -> pd.DataFrame:
+    """The grid's own generation-fidelity items (metric ``fidelity``), in the layout of fidelity.parquet: per
+    prompt of L, whether its greedy continuation is in L, as is and with each set of L (or its control) off."""
+    parts = []
+    baseline = read_parquet(cells / "none" / "none" / "none" / "none" / "real.items.parquet")
+    for lang in languages:
+        hits = baseline[(baseline["metric"] == "fidelity") & (baseline["eval_language"] == lang)]
+        parts.append(pd.DataFrame({"target_language": lang, "set_kind": "none", "control": "none",
+                                   "value": hits["value"].to_numpy(float)}))  # fmt: skip
+    for path in sorted((cells / "all" / "plnd").glob("*/*/*.items.parquet")):
+        set_kind, target, name = path.parent.parent.name, path.parent.name, path.name.removesuffix(".items.parquet")
+        items = read_parquet(path)
+        hits = items[(items["metric"] == "fidelity") & (items["eval_language"] == target)]
+        parts.append(pd.DataFrame({"target_language": target, "set_kind": set_kind,
+                                   "control": "real" if name == "real" else "random",
+                                   "value": hits["value"].to_numpy(float)}))  # fmt: skip
+    table = pd.concat(parts, ignore_index=True)
+    return table[table["value"].notna()]
+
+
 # ---- logit lens -----------------------------------------------------------------------------------
 
 
@@ -313,9 +333,10 @@ def main() -> None:
         "In short:", "", ablation_verdicts(summary), "",
     ]
     fidelity_path = results / "fidelity.parquet"
-    if fidelity_path.exists():
+    fidelity = read_parquet(fidelity_path) if fidelity_path.exists() else fidelity_from_cells(cells, languages)
+    if len(fidelity):
         sections += ["### Generation fidelity", "",
-                     fidelity_table(read_parquet(fidelity_path), languages, args.resamples, args.seed)]
+                     fidelity_table(fidelity, languages, args.resamples, args.seed)]
     sections += ["### Logit lens: the share of English, input-language and other tokens among each layer's top 10", ""]
     if lens is None:
         sections += ["Not run (the run's logit lens has not finished).", ""]
