@@ -88,6 +88,12 @@ def _per_item(cells: Path, condition: str, set_kind: str, target: str, control: 
     return table[table["metric"] == "perplexity"]
 
 
+def _deactivation_cells(cells: Path) -> list[tuple[Path, str, str, str]]:
+    """Every finished cell of condition ``all``: (per-item table, set kind, target, control name)."""
+    paths = sorted((cells / "all" / "plnd").glob("*/*/*.items.parquet"))
+    return [(p, p.parent.parent.name, p.parent.name, p.name.removesuffix(".items.parquet")) for p in paths]
+
+
 def _log_ppl_draws(items: pd.DataFrame, language: str, draws: np.ndarray) -> tuple[float, np.ndarray]:
     """Token-weighted mean NLL (log perplexity) of a language's documents, and of each resample (rows of ``draws``)."""
     docs = items[items["eval_language"] == language].sort_values("item")
@@ -106,8 +112,7 @@ def ablation_summary(results: Path, cells: Path, languages: list[str], resamples
     grid_path = results / "ablation" / "grid.parquet"
     grid = read_parquet(grid_path) if grid_path.exists() and cells == results / "ablation" / "cells" else None
     rows = []
-    for path in sorted((cells / "all" / "plnd").glob("*/*/*.items.parquet")):
-        set_kind, target, name = path.parent.parent.name, path.parent.name, path.name.removesuffix(".items.parquet")
+    for path, set_kind, target, name in _deactivation_cells(cells):
         cell = read_parquet(path.with_name(f"{name}.parquet"))
         items = _per_item(cells, "all", set_kind, target, name)
         ratio, ratio_draws = {}, {}
@@ -221,8 +226,7 @@ def fidelity_from_cells(cells: Path, languages: list[str]) -> pd.DataFrame:
         hits = baseline[(baseline["metric"] == "fidelity") & (baseline["eval_language"] == lang)]
         parts.append(pd.DataFrame({"target_language": lang, "set_kind": "none", "control": "none",
                                    "value": hits["value"].to_numpy(float)}))  # fmt: skip
-    for path in sorted((cells / "all" / "plnd").glob("*/*/*.items.parquet")):
-        set_kind, target, name = path.parent.parent.name, path.parent.name, path.name.removesuffix(".items.parquet")
+    for path, set_kind, target, name in _deactivation_cells(cells):
         items = read_parquet(path)
         hits = items[(items["metric"] == "fidelity") & (items["eval_language"] == target)]
         parts.append(pd.DataFrame({"target_language": target, "set_kind": set_kind,
