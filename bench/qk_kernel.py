@@ -1,10 +1,11 @@
-"""The q/k probability change of one document and layer: native kernel vs torch vs fast, time and peak memory.
+"""The q/k probability change of one layer: native kernel vs torch vs fast, time and peak memory.
 
-Usage: python bench/qk_kernel.py [--heads 4] [--head-dim 48] [--seq 128 256] [--rounds 5] [--threads 2]
-       [--chunk-bytes 2097152]
+Usage: python bench/qk_kernel.py [--heads 4] [--head-dim 48] [--seq 128 256] [--batch 1] [--rounds 5]
+       [--threads 2] [--chunk-bytes 2097152]
 
 Times :func:`langneurons.attention_change.prob_change_sumsq` on random inputs of one
-attention layer (the demo model's shape by default: 4 heads of 48): exact through the
+attention layer (the demo model's shape by default: 4 heads of 48), both sites' lanes
+(2 x head dim) in one call as scoring makes it: exact through the
 native kernel, exact through torch, and fast; medians of interleaved rounds, in wall
 and in process CPU time (the one to read on a shared machine, at ``--threads 1``). Each
 variant also runs once in a fresh subprocess that reports its peak resident memory
@@ -31,29 +32,37 @@ from langneurons import attention_change
 VARIANTS = ("native", "torch", "fast")
 
 
-def _inputs(heads: int, head_dim: int, n: int, seed: int = 0) -> dict:
-    """One document's scores with a rotary-style rank-2 removal per (head, dim), causal mask."""
+def _inputs(heads: int, head_dim: int, n: int, batch: int, seed: int = 0) -> dict:
+    """A batch's scores with a rotary-style rank-2 removal per (head, lane), causal mask, 2 x head_dim lanes."""
     gen = torch.Generator().manual_seed(seed)
-    query, key = torch.randn(heads, n, head_dim, generator=gen), torch.randn(heads, n, head_dim, generator=gen)
+    query = torch.randn(batch, heads, n, head_dim, generator=gen)
+    key = torch.randn(batch, heads, n, head_dim, generator=gen)
     scaling = head_dim**-0.5
-    raw = query @ key.transpose(1, 2) * scaling
-    bias = torch.zeros(1, n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), torch.finfo().min)
-    left = torch.stack([query, query.roll(1, -1)], dim=-1).permute(0, 2, 1, 3).contiguous()  # [H, D, n, 2]
-    right = torch.stack([key, key.roll(1, -1)], dim=-1).permute(0, 2, 3, 1).contiguous()  # [H, D, 2, n]
+    raw = query @ key.transpose(-1, -2) * scaling
+    bias = torch.zeros(1, 1, n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), torch.finfo().min)
+    lanes = lambda x: torch.cat([x, x.roll(1, -1)], dim=-1)  # noqa: E731  two sites' lanes
+    left = torch.stack([lanes(query), lanes(query.roll(2, -1))], dim=3)  # [B, H, n, 2, 2 D]
+    right = torch.stack([lanes(key), lanes(key.roll(2, -1))], dim=3)
     return dict(raw=raw, bias=bias, probs=torch.softmax(raw + bias, -1), left=left, right=right,
                 delta_scale=scaling, softcap=None)  # fmt: skip
 
 
 def _runner(variant: str, x: dict, chunk_bytes: int):
-    args = [x[k] for k in ("raw", "bias", "probs", "left", "right", "delta_scale", "softcap")]
-    if variant == "native":
-        kernel = attention_change._native_kernel()
-        if kernel is None:
-            raise SystemExit("the native kernel is not available here")
-        return lambda: attention_change._exact_native(kernel, *args, chunk_bytes, None, None)
+    if variant == "native" and attention_change._native_kernel() is None:
+        raise SystemExit("the native kernel is not available here")
     if variant == "torch":
-        return lambda: attention_change._exact_torch(*args, chunk_bytes, None, None)
-    return lambda: attention_change.prob_change_sumsq(**x, chunk_bytes=chunk_bytes, mode="fast")
+
+        def torch_only():
+            saved = attention_change._native_kernel
+            attention_change._native_kernel = lambda: None
+            try:
+                return attention_change.prob_change_sumsq(**x, chunk_bytes=chunk_bytes)
+            finally:
+                attention_change._native_kernel = saved
+
+        return torch_only
+    mode = "fast" if variant == "fast" else "exact"
+    return lambda: attention_change.prob_change_sumsq(**x, chunk_bytes=chunk_bytes, mode=mode)
 
 
 def _rss_kib(field: str) -> int:
@@ -66,7 +75,7 @@ def _rss_kib(field: str) -> int:
 def _peak_child(args) -> None:
     """In a fresh process: run one variant once after a warm-up; print the peak RSS above the baseline, in MiB."""
     torch.set_num_threads(args.threads)
-    x = _inputs(args.heads, args.head_dim, args.seq[0])
+    x = _inputs(args.heads, args.head_dim, args.seq[0], args.batch)
     run = _runner(args.peak, x, args.chunk_bytes)
     run()  # warm-up: the allocator's pools and the kernel's build are not the call's temporaries
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
@@ -80,6 +89,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=48)
     parser.add_argument("--seq", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-bytes", type=int, default=2 * 2**20)
@@ -89,10 +99,10 @@ def main() -> None:
         _peak_child(args)
         return
     torch.set_num_threads(args.threads)
-    results = {"heads": args.heads, "head_dim": args.head_dim, "threads": args.threads,
+    results = {"heads": args.heads, "head_dim": args.head_dim, "batch": args.batch, "threads": args.threads,
                "chunk_bytes": args.chunk_bytes, "load_avg_before": os.getloadavg()[0], "seq": {}}  # fmt: skip
     for n in args.seq:
-        x = _inputs(args.heads, args.head_dim, n)
+        x = _inputs(args.heads, args.head_dim, n, args.batch)
         runs = {variant: _runner(variant, x, args.chunk_bytes) for variant in VARIANTS}
         outputs = {variant: run() for variant, run in runs.items()}  # warm-up
         seconds = {variant: [] for variant in VARIANTS}
@@ -108,7 +118,8 @@ def main() -> None:
         difference = (outputs["native"] - outputs["torch"]).abs() / outputs["torch"]
         row["native_vs_torch_max_rel_diff"] = difference.max().item()
         for variant in VARIANTS:
-            command = [sys.executable, __file__, "--peak", variant, "--seq", str(n), "--heads", str(args.heads),
+            command = [sys.executable, __file__, "--peak", variant, "--seq", str(n), "--batch", str(args.batch),
+                       "--heads", str(args.heads),
                        "--head-dim", str(args.head_dim), "--threads", str(args.threads),
                        "--chunk-bytes", str(args.chunk_bytes)]  # fmt: skip
             child = subprocess.run(command, capture_output=True, text=True, check=True)

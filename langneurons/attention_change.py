@@ -1,17 +1,21 @@
 r"""How much a document's attention probabilities change when one query/key dimension is removed.
 
 This is the q/k part of PLND scoring (:mod:`langneurons.scoring`). For one
-document and layer, with ``raw``/``probs`` ``[H, n, n]`` the pre-softcap scaled
-scores and probabilities and ``bias`` ``[1|H, n, n]`` the additive mask (and
-ALiBi), removing dimension d of head h turns the scores into
+layer and a batch of documents, with ``raw``/``probs`` ``[B, H, n, n]`` the
+pre-softcap scaled scores and probabilities and ``bias`` ``[B, 1|H, n, n]`` the
+additive mask (and ALiBi), removing the dimension of lane l (a query or a key
+dimension; scoring puts both sites' lanes side by side) turns the scores of
+document b and head h into
 
     z'[t, s] = softcap(r[t] c[s] (raw[t, s] - a Delta[t, s])) + bias[t, s],
-    Delta[t, s] = left[h, d, t, :] . right[h, d, :, s]            (rank 2: the dim and its rotary partner)
+    Delta[t, s] = sum_k left[b, h, t, k, l] right[b, h, s, k, l]    (rank 2: the dim and its rotary partner)
 
 with ``r``/``c`` the row/column scales of a query/key norm (1 without one) and
-``a = delta_scale``. :func:`prob_change_sumsq` returns, for every (h, d),
+``a = delta_scale``. :func:`prob_change_sumsq` returns, for every (b, h, l),
 
-    S[h, d] = sum_{t, s} (softmax_s(z')[t, s] - probs[h, t, s])^2.
+    S[b, h, l] = sum_{t counted, s} (softmax_s(z')[t, s] - probs[b, h, t, s])^2,
+
+the rows counted being the document's tokens (padding is not).
 
 Exact mode (``mode="exact"``)
 -----------------------------
@@ -19,12 +23,14 @@ Needs d_head exponentials per attention weight. Two implementations compute
 the same definition:
 
 - the native kernel (:mod:`langneurons.native`, ``prob_change.c``): on CPUs, one
-  pass per query row with the head's dimensions as vector lanes, only over the
-  keys the mask lets the row see (the causal triangle, a sliding window);
-- torch (GPUs, or when no C compiler is available): the scores of all (head,
-  dim) pairs of a block of query rows at once, the rows cut into blocks so
-  that each block sees only the keys up to its last row, in chunks of at most
-  ``chunk_bytes`` of temporaries.
+  call per layer for the whole batch, one task per query row with the lanes as
+  vector lanes, only over the keys the mask lets the row see (the causal
+  triangle, a sliding window); for plain attention two passes over the row
+  instead of three where the removal moves no logit by more than a bound;
+- torch (GPUs, or when no C compiler is available): per document, the scores of
+  all (head, lane) pairs of a block of query rows at once, the rows cut into
+  blocks so that each block sees only the keys up to its last row, in chunks of
+  at most ``chunk_bytes`` of temporaries.
 
 Fast mode (``mode="fast"``): the second-order expansion
 --------------------------------------------------------
@@ -105,6 +111,8 @@ QK_MODES: tuple[str, ...] = ("exact", "fast")
 #: Blocks of query rows (at most, and rows per block at least) of the torch implementation:
 #: smaller blocks follow the causal triangle more closely, larger ones launch fewer operations.
 _ROW_BLOCKS, _MIN_ROWS = 8, 16
+#: The native kernel's lanes per vector block and query rows per task (BLOCK and TILE in prob_change.c).
+_NATIVE_BLOCK, _NATIVE_TILE = 16, 32
 
 
 def prob_change_sumsq(
@@ -119,29 +127,35 @@ def prob_change_sumsq(
     row_scale: torch.Tensor | None = None,
     column_scale: torch.Tensor | None = None,
     mode: str = "exact",
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum of squared changes of one document's attention probabilities, per removed dimension.
+    """Sum of squared changes of a batch's attention probabilities, per document and removed dimension.
 
-    ``raw``/``probs``: [H, n, n] pre-softcap scores and probabilities; ``bias``:
-    [1|H, n, n]; ``left`` [H, D, n, 2] and ``right`` [H, D, 2, n] the rank-2 removal
-    (both ``None``: only the scales change the scores; D then comes from them);
-    ``row_scale``/``column_scale`` [H, D, n] or ``None``. Returns float32 [H, D];
-    ``mode="fast"`` is the second-order expansion (see the module docstring).
+    ``raw``/``probs``: [B, H, n, n] pre-softcap scores and probabilities; ``bias``:
+    [B, 1|H, n, n], and ``probs`` is 0 wherever it hides a key (as a softmax makes it);
+    ``left``/``right`` [B, H, n, 2, L]: lane l removes
+    ``Delta[t, s] = sum_k left[t, k, l] right[s, k, l]`` (both ``None``: only the scales
+    change the scores; L then comes from them); ``row_scale``/``column_scale``
+    [B, H, n, L] or ``None``; ``rows`` [B, n] bool, the query rows that count (the
+    documents' tokens; default all). Returns float32 [B, H, L], summed over the rows
+    that count; ``mode="fast"`` is the second-order expansion (see the module docstring).
     Attention must be causal (``bias`` masks every key after the query), as in every
     causal LM; other masks are free. Temporaries beyond inputs-sized arrays stay
     within ``chunk_bytes``.
     """
     check_mode(mode)
+    if rows is None:
+        rows = torch.ones(raw.shape[0], raw.shape[-1], dtype=torch.bool, device=raw.device)
+    bias = bias.expand(raw.shape[0], *bias.shape[1:])  # a mask shared by the batch
+    args = (raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale, rows)
     if mode == "fast":
-        return _second_order(raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale)
+        return _second_order(*args)
     tensors = [x for x in (raw, bias, probs, left, right, row_scale, column_scale) if x is not None]
     if all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors):
         kernel = _native_kernel()
         if kernel is not None:
-            return _exact_native(
-                kernel, raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale
-            )
-    return _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale)
+            return _exact_native(kernel, *args)
+    return _exact_torch(*args)
 
 
 def check_mode(mode: str) -> None:
@@ -150,15 +164,17 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"qk_mode={mode!r} is unknown; use 'exact' (the default) or 'fast'")
 
 
-def _shape(left: torch.Tensor | None, row_scale: torch.Tensor | None, column_scale: torch.Tensor | None) -> tuple:
-    reference = next(x for x in (left, row_scale, column_scale) if x is not None)
-    return reference.shape[0], reference.shape[1]
+def _n_lanes(left: torch.Tensor | None, row_scale: torch.Tensor | None, column_scale: torch.Tensor | None) -> int:
+    return next(x for x in (left, row_scale, column_scale) if x is not None).shape[-1]
 
 
-def _dim_chunks(n_dims: int, per_dim_bytes: int, chunk_bytes: int) -> Iterator[slice]:
-    step = max(1, min(n_dims, chunk_bytes // max(1, per_dim_bytes)))
-    for start in range(0, n_dims, step):
-        yield slice(start, min(n_dims, start + step))
+def _lane_chunks(n_lanes: int, per_lane_bytes: int, chunk_bytes: int, multiple: int = 1) -> Iterator[slice]:
+    """Consecutive lane ranges of at most ``chunk_bytes`` (a multiple of ``multiple`` lanes where it fits)."""
+    step = max(1, min(n_lanes, chunk_bytes // max(1, per_lane_bytes)))
+    if step >= multiple:
+        step -= step % multiple
+    for start in range(0, n_lanes, step):
+        yield slice(start, min(n_lanes, start + step))
 
 
 # ---- exact, torch ---------------------------------------------------------------------------------
@@ -169,38 +185,50 @@ def _row_blocks(n: int) -> list[tuple[int, int]]:
     return [(t0, min(n, t0 + size)) for t0 in range(0, n, size)]
 
 
-def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale):
-    n_heads, n_dims = _shape(left, row_scale, column_scale)
-    n = raw.shape[-1]
-    out = torch.zeros(n_heads, n_dims, device=raw.device)
+def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale, rows):
+    batch, n_heads, n = raw.shape[:3]
+    n_lanes = _n_lanes(left, row_scale, column_scale)
+    out = torch.zeros(batch, n_heads, n_lanes, device=raw.device)
     plain = softcap is None and row_scale is None and column_scale is None and left is not None
-    logits = raw + bias if plain else None
-    # Attention is causal: query rows before t1 never see keys from t1 on, so
-    # row block [t0, t1) needs only key columns [0, t1).
-    for t0, t1 in _row_blocks(n):
-        rows, cols = slice(t0, t1), slice(0, t1)
-        # ~2 float32 [rows, cols] temporaries per (head, dim)
-        for dims in _dim_chunks(n_dims, 2 * 4 * n_heads * (t1 - t0) * t1, chunk_bytes):
-            if left is not None:
-                delta = torch.matmul(left[:, dims, rows], right[:, dims, :, cols])  # [H, d, r, c]
-            if plain:
-                scores = torch.add(logits[:, None, rows, cols], delta, alpha=-delta_scale, out=delta)
-            else:
-                scores = raw[:, None, rows, cols]
+    # lanes second: [H, L, n, 2] and [H, L, 2, n] for the rank-2 products, scales [H, L, n]
+    left_ = None if left is None else left.permute(0, 1, 4, 2, 3)
+    right_ = None if right is None else right.permute(0, 1, 4, 3, 2)
+    row_ = None if row_scale is None else row_scale.transpose(2, 3)
+    column_ = None if column_scale is None else column_scale.transpose(2, 3)
+    for b in range(batch):
+        logits = raw[b] + bias[b] if plain else None
+        left_b, right_b = (None, None) if left is None else (left_[b], right_[b])
+        row_b = None if row_scale is None else row_[b]
+        column_b = None if column_scale is None else column_[b]
+        counted = rows[b]
+        # Attention is causal: query rows before t1 never see keys from t1 on, so
+        # row block [t0, t1) needs only key columns [0, t1).
+        for t0, t1 in _row_blocks(n):
+            block, cols = slice(t0, t1), slice(0, t1)
+            # ~2 float32 [rows, cols] temporaries per (head, lane)
+            for lanes in _lane_chunks(n_lanes, 2 * 4 * n_heads * (t1 - t0) * t1, chunk_bytes):
                 if left is not None:
-                    scores = torch.add(scores, delta, alpha=-delta_scale, out=delta)
+                    delta = torch.matmul(left_b[:, lanes, block], right_b[:, lanes, :, cols])  # [H, l, r, c]
+                if plain:
+                    scores = torch.add(logits[:, None, block, cols], delta, alpha=-delta_scale, out=delta)
                 else:
-                    scores = scores.expand(-1, dims.stop - dims.start, -1, -1).clone()
-                if row_scale is not None:
-                    scores.mul_(row_scale[:, dims, rows, None])
-                if column_scale is not None:
-                    scores.mul_(column_scale[:, dims, None, cols])
-                if softcap is not None:
-                    scores.div_(softcap).tanh_().mul_(softcap)
-                scores.add_(bias[:, None, rows, cols])
-            torch.softmax(scores, dim=-1, out=scores)
-            scores.sub_(probs[:, None, rows, cols])
-            out[:, dims] += scores.square_().sum(dim=(-1, -2))
+                    scores = raw[b][:, None, block, cols]
+                    if left is not None:
+                        scores = torch.add(scores, delta, alpha=-delta_scale, out=delta)
+                    else:
+                        scores = scores.expand(-1, lanes.stop - lanes.start, -1, -1).clone()
+                    if row_b is not None:
+                        scores.mul_(row_b[:, lanes, block, None])
+                    if column_b is not None:
+                        scores.mul_(column_b[:, lanes, None, cols])
+                    if softcap is not None:
+                        scores.div_(softcap).tanh_().mul_(softcap)
+                    scores.add_(bias[b][:, None, block, cols])
+                torch.softmax(scores, dim=-1, out=scores)
+                scores.sub_(probs[b][:, None, block, cols])
+                per_row = scores.square_().sum(dim=-1)  # [H, l, r]
+                per_row = torch.where(counted[block], per_row, 0.0)
+                out[b, :, lanes] += per_row.sum(dim=-1)
     return out
 
 
@@ -210,7 +238,7 @@ def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_byte
 def _native_function(library: ctypes.CDLL):
     """The C kernel of ``library`` with its signature declared."""
     function = library.prob_change_rows
-    sizes, arrays, scalars = [ctypes.c_int64] * 4, [ctypes.c_void_p] * 7, [ctypes.c_float] * 2
+    sizes, arrays, scalars = [ctypes.c_int64] * 6, [ctypes.c_void_p] * 9, [ctypes.c_float] * 2
     function.argtypes = sizes + arrays + scalars + [ctypes.c_void_p, ctypes.c_int]
     function.restype = ctypes.c_int
     return function
@@ -223,18 +251,23 @@ def _native_kernel():
     if library is None:
         return None
     function = _native_function(library)
-    # A miscompiled kernel must not score anything: check it on a small case of every kind.
+    # A miscompiled kernel must not score anything: check it on a small case of every kind,
+    # the shifted (two-pass) and three-pass paths of plain attention included.
     gen = torch.Generator().manual_seed(0)
-    n_heads, n_dims, n = 2, 19, 23
-    raw = torch.randn(n_heads, n, n, generator=gen)
-    bias = torch.zeros(n_heads, n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), torch.finfo().min)
-    left, right = torch.randn(n_heads, n_dims, n, 2, generator=gen), torch.randn(n_heads, n_dims, 2, n, generator=gen)
-    scale = 1 + 0.1 * torch.randn(n_heads, n_dims, n, generator=gen)
-    for softcap, removal, scales in ((None, True, False), (3.0, True, True), (None, False, True)):
+    batch, n_heads, n_lanes, n = 2, 2, 19, 23
+    raw = torch.randn(batch, n_heads, n, n, generator=gen)
+    bias = torch.zeros(batch, 1, n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), torch.finfo().min)
+    rows = torch.ones(batch, n, dtype=torch.bool)
+    rows[1, :3] = False
+    left = torch.randn(batch, n_heads, n, 2, n_lanes, generator=gen)
+    right = torch.randn(batch, n_heads, n, 2, n_lanes, generator=gen)
+    scale = 1 + 0.1 * torch.randn(batch, n_heads, n, n_lanes, generator=gen)
+    cases = ((None, 0.2, False), (None, 8.0, False), (3.0, 0.5, True), (None, 0.5, True), (None, None, True))
+    for softcap, removal, scales in cases:
         probs = torch.softmax((raw if softcap is None else softcap * torch.tanh(raw / softcap)) + bias, -1)
         removed = (left, right) if removal else (None, None)
-        scales_ = (scale, scale.flip(-1)) if scales else (None, None)
-        args = (raw, bias, probs, *removed, 0.5, softcap, 1 << 20, *scales_)
+        scales_ = (scale, scale.flip(-2)) if scales else (None, None)
+        args = (raw, bias, probs, *removed, removal or 1.0, softcap, 1 << 20, *scales_, rows)
         expected = _exact_torch(*args)
         if not torch.allclose(_exact_native(function, *args), expected, rtol=1e-4, atol=1e-9):
             logger.warning("the native q/k kernel disagrees with the torch implementation; using torch")
@@ -242,87 +275,94 @@ def _native_kernel():
     return function
 
 
-def _pointer(x: torch.Tensor | None) -> int | None:
-    return None if x is None else x.data_ptr()
+def _pointer(x: torch.Tensor | None, offset: int = 0) -> int | None:
+    return None if x is None else x.data_ptr() + 4 * offset
 
 
-def _exact_native(kernel, raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale):
-    n_heads, n_dims = _shape(left, row_scale, column_scale)
-    n = raw.shape[-1]
+def _exact_native(
+    kernel, raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale, rows
+):
+    batch, n_heads, n = raw.shape[:3]
+    n_lanes = _n_lanes(left, row_scale, column_scale)
     raw, bias, probs = raw.contiguous(), bias.contiguous(), probs.contiguous()
-    threads = torch.get_num_threads()
-    out = torch.empty(n_heads, n_dims)
-    # per dim: a row's scores per thread, the per-row results and the relaid inputs
-    per_dim = 4 * n * (threads + n_heads + 6 * n_heads)
-    for dims in _dim_chunks(n_dims, per_dim, chunk_bytes):
-        # dims innermost: left/right [H, n, 2, d], scales [H, n, d]
-        lanes = lambda x, order: None if x is None else x[:, dims].permute(*order).contiguous()  # noqa: E731
-        left_, right_ = lanes(left, (0, 2, 3, 1)), lanes(right, (0, 3, 2, 1))
-        row_, column_ = lanes(row_scale, (0, 2, 1)), lanes(column_scale, (0, 2, 1))
-        rows = torch.empty(n_heads, n, dims.stop - dims.start)
+    left, right, row_scale, column_scale = (
+        None if x is None else x.contiguous() for x in (left, right, row_scale, column_scale)
+    )
+    right_bound = None if right is None else right.abs().amax(dim=2).contiguous()  # [B, H, 2, L]
+    counted = rows.to(torch.uint8).contiguous()
+    tiles = -(-n // _NATIVE_TILE)
+    out = torch.empty(batch, n_heads, n_lanes)
+    # per lane: one float per tile of query rows (the kernel's own workspace is n x 16 floats per thread)
+    for lanes in _lane_chunks(n_lanes, 4 * batch * n_heads * tiles, chunk_bytes, multiple=_NATIVE_BLOCK):
+        width = lanes.stop - lanes.start
+        per_tile = torch.empty(batch, n_heads, tiles, width)
         failed = kernel(
-            n_heads, dims.stop - dims.start, n, bias.shape[0],
-            raw.data_ptr(), bias.data_ptr(), probs.data_ptr(),
-            _pointer(left_), _pointer(right_), _pointer(row_), _pointer(column_),
-            float(delta_scale), float(softcap or 0.0), rows.data_ptr(), threads,
+            batch, n_heads, width, n, bias.shape[1], n_lanes,
+            raw.data_ptr(), bias.data_ptr(), probs.data_ptr(), counted.data_ptr(),
+            _pointer(left, lanes.start), _pointer(right, lanes.start), _pointer(right_bound, lanes.start),
+            _pointer(row_scale, lanes.start), _pointer(column_scale, lanes.start),
+            float(delta_scale), float(softcap or 0.0), per_tile.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if failed:
-            raise MemoryError(f"the native q/k kernel could not allocate {4 * n * n_dims} bytes per thread")
-        out[:, dims] = rows.sum(dim=1)
+            raise MemoryError(f"the native q/k kernel could not allocate {4 * 17 * n} bytes per thread")
+        out[..., lanes] = per_tile.sum(dim=2)
     return out
 
 
 # ---- fast: the second-order expansion -----------------------------------------------------------------
 
 
-def _second_order(raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale):
-    n_heads, n_dims = _shape(left, row_scale, column_scale)
-    n = raw.shape[-1]
+def _second_order(raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale, rows):
+    batch, n_heads, n = raw.shape[:3]
+    n_lanes = _n_lanes(left, row_scale, column_scale)
     p2 = probs.square()
     slope = None if softcap is None else 1 - torch.tanh(raw / softcap).square()  # g: the soft-cap's derivative
     weights = {"g": slope, "g raw": raw if slope is None else slope * raw}
     n_terms = 2 * (left is not None) + (row_scale is not None) + (column_scale is not None)
     n_slots = n_terms + n_terms * (n_terms + 1) // 2
     matrices: dict[tuple, torch.Tensor] = {}
-    out = torch.zeros(n_heads, n_dims, device=raw.device)
-    # per dim: float32 [H, n] columns: the row and column factors of every slot, and the products
-    for dims in _dim_chunks(n_dims, 3 * n_slots * 4 * n_heads * n, chunk_bytes):
-        rows, columns, names = _change_terms(left, right, row_scale, column_scale, delta_scale, dims)
+    out = torch.zeros(batch, n_heads, n_lanes, device=raw.device)
+    counted = rows[:, None, :, None]
+    # per lane: float32 [B, H, n] columns: the row and column factors of every slot, and the products
+    for lanes in _lane_chunks(n_lanes, 3 * n_slots * 4 * batch * n_heads * n, chunk_bytes):
+        row_terms, column_terms, names = _change_terms(left, right, row_scale, column_scale, delta_scale, lanes)
         singles = [((name,), k, k) for k, name in enumerate(names)]  # terms come grouped by weight
         pairs = sorted(
             (tuple(sorted((names[i], names[j]))), i, j) for i in range(n_terms) for j in range(i, n_terms)
         )  # fmt: skip
         # slot k: term k (for mu and S1); slot K + p: the product of pair p's terms (for S2)
-        shape = (n_heads, n, n_slots, dims.stop - dims.start)
+        shape = (batch, n_heads, n, n_slots, lanes.stop - lanes.start)
         row_factors = torch.empty(shape, device=raw.device)
         column_factors = torch.empty(shape, device=raw.device)
         for slot, (_, i, j) in enumerate(singles + pairs):
             if slot < n_terms:
-                row_factors[:, :, slot] = rows[i]
-                column_factors[:, :, slot] = columns[i]
+                row_factors[..., slot, :] = row_terms[i]
+                column_factors[..., slot, :] = column_terms[i]
             else:
-                torch.mul(rows[i], rows[j] if i == j else 2 * rows[j], out=row_factors[:, :, slot])
-                torch.mul(columns[i], columns[j], out=column_factors[:, :, slot])
+                pair_row = row_terms[j] if i == j else 2 * row_terms[j]
+                torch.mul(row_terms[i], pair_row, out=row_factors[..., slot, :])
+                torch.mul(column_terms[i], column_terms[j], out=column_factors[..., slot, :])
         groups = [("mean", 1, w, k) for k, (w, _, _) in enumerate(singles)]
         groups += [("first", 2, w, k) for k, (w, _, _) in enumerate(singles)]
         groups += [("second", 2, w, n_terms + k) for k, (w, _, _) in enumerate(pairs)]
         sums = _grouped_products(groups, {1: probs, 2: p2}, weights, matrices, row_factors, column_factors)
         mu = sums["mean"]
         squares = sums["second"] - 2 * mu * sums["first"] + mu.square() * p2.sum(dim=-1, keepdim=True)  # (1)
-        out[:, dims] = squares.clamp(min=0).sum(dim=1)  # >= 0 exactly; rounding may go below
+        squares = torch.where(counted, squares.clamp(min=0), 0.0)  # >= 0 exactly; rounding may go below
+        out[..., lanes] = squares.sum(dim=2)
     return out
 
 
-def _change_terms(left, right, row_scale, column_scale, delta_scale, dims):
+def _change_terms(left, right, row_scale, column_scale, delta_scale, lanes):
     """The logit change as K separable terms: ``delta_ts = sum_k A_k[t] B_k[s] W_k[t, s]``.
 
-    Returns the A_k and B_k as [H, n, d] tensors and the K weight names (see the module
+    Returns the A_k and B_k as [B, H, n, l] tensors and the K weight names (see the module
     docstring), grouped by weight. The scale terms are ``(r - 1, 1, g raw)`` and
     ``(r, c - 1, g raw)``, whose sum is ``(r c - 1) g raw`` without a difference of
     nearly equal numbers.
     """
-    lanes = lambda x: None if x is None else x[:, dims].transpose(1, 2)  # noqa: E731  [H, n, d]
-    row, column = lanes(row_scale), lanes(column_scale)
+    row = None if row_scale is None else row_scale[..., lanes]
+    column = None if column_scale is None else column_scale[..., lanes]
     rows, columns, names = [], [], []
     if row is not None:
         rows.append(row - 1)
@@ -334,8 +374,8 @@ def _change_terms(left, right, row_scale, column_scale, delta_scale, dims):
         names.append("g raw")
     if left is not None:
         for k in range(2):
-            removed_row = lanes(left[..., k]) * -delta_scale
-            removed_column = lanes(right[:, :, k])
+            removed_row = left[..., k, lanes] * -delta_scale
+            removed_column = right[..., k, lanes]
             rows.append(removed_row if row is None else removed_row * row)
             columns.append(removed_column if column is None else removed_column * column)
             names.append("g")
@@ -343,10 +383,10 @@ def _change_terms(left, right, row_scale, column_scale, delta_scale, dims):
 
 
 def _grouped_products(groups, powers, weights, matrices, row_factors, column_factors) -> dict[str, torch.Tensor]:
-    """``{target: sum over its slots k of row_factors[:, :, k] o ((p^m o W) @ column_factors[:, :, k])}``.
+    """``{target: sum over its slots k of row_factors[..., k, :] o ((p^m o W) @ column_factors[..., k, :])}``.
 
-    ``groups`` lists (target, m, weight names, slot); consecutive slots with the same matrix
-    p^m o prod W share one matrix product (built once per document in ``matrices``).
+    Factors are [B, H, n, slots, l]. ``groups`` lists (target, m, weight names, slot); consecutive
+    slots with the same matrix p^m o prod W share one matrix product (built once per batch in ``matrices``).
     """
     totals: dict[str, torch.Tensor] = {}
     runs: list[list] = []  # [matrix key, first slot, end slot, [(target, slot), ...]]
@@ -363,11 +403,11 @@ def _grouped_products(groups, powers, weights, matrices, row_factors, column_fac
             for name in key[1]:
                 matrix = matrix * weights[name]
             matrices[key] = matrix
-        part = column_factors[:, :, start:stop]
-        product = torch.matmul(matrices[key], part.flatten(2)).view(part.shape)
-        product.mul_(row_factors[:, :, start:stop])
+        part = column_factors[..., start:stop, :]
+        product = torch.matmul(matrices[key], part.flatten(-2)).view(part.shape)
+        product.mul_(row_factors[..., start:stop, :])
         for target in dict.fromkeys(target for target, _ in members):
             slots = [slot - start for t, slot in members if t == target]
-            total = product[:, :, slots[0] : slots[-1] + 1].sum(dim=2)
+            total = product[..., slots[0] : slots[-1] + 1, :].sum(dim=-2)
             totals[target] = total if target not in totals else totals[target] + total
     return totals

@@ -128,7 +128,6 @@ class _Batch:
     """What every layer needs to know about the batch being scored."""
 
     valid: torch.Tensor  # [B, T] bool, on the CPU
-    positions: list[torch.Tensor]  # per document, indices of its tokens
     sites: tuple[str, ...]
     method: str
     chunk_bytes: int
@@ -136,13 +135,10 @@ class _Batch:
     scores: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
     _device_cache: dict = field(default_factory=dict)
 
-    def on(self, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The validity mask and token positions on ``device``, moved once per device."""
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The validity mask on ``device``, moved once per device."""
         if device not in self._device_cache:
-            self._device_cache[device] = (
-                self.valid.to(device),
-                [p.to(device) for p in self.positions],
-            )
+            self._device_cache[device] = self.valid.to(device)
         return self._device_cache[device]
 
 
@@ -183,94 +179,137 @@ def _additive_mask(mask: torch.Tensor | None, batch: int, length: int, device: t
     return mask.float().clamp(min=_NEG)
 
 
-def _rope_split(
-    rotated: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, head_dim: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split rotated vectors into the two rank-1 parts of each pre-RoPE dim.
+def _removal_lanes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor] | None,
+    sites: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank-2 removal of every query/key dimension, both sites' lanes side by side.
+
+    ``q``/``k``: [B, H, T, D] rotated vectors per query head; ``rope``: cos and sin
+    [B, 1, T, rotary dim] or ``None``. Returns ``left``, ``right`` [B, H, T, 2, D * len(sites)]:
+    removing the dimension of lane l changes the scores by
+    ``Delta[t, s] = left[t, 0, l] right[s, 0, l] + left[t, 1, l] right[s, 1, l]``.
 
     Zeroing pre-RoPE dim j of a vector x (rotated: R x) removes R e_j x_j, where
-    R e_j = cos_j e_j + sign_j sin_j e_partner(j) (rotate_half convention). Returns
-    ``own, other, partner`` with ``own[..., j] = x_j cos_j``, ``other[..., j] =
-    x_j sign_j sin_j`` and the partner index, so the removed vector is
-    ``own e_j + other e_partner``. Dims beyond the rotary part are unrotated.
+    R e_j = cos_j e_j + sign_j sin_j e_partner(j) (rotate_half convention): its
+    own part ``x_j cos_j`` on dim j and ``x_j sign_j sin_j`` on its partner
+    j +- rotary_dim/2. A query dimension's lanes are therefore (own, other) against
+    the keys' (k_j, k_partner), a key dimension's (q_j, q_partner) against (own,
+    other). Dims beyond the rotary part are unrotated.
 
     Scaled rotary embeddings (YaRN, LongRoPE) fold an attention factor m into
     cos and sin, so R = m * rotation and R^T R = m^2 I: x is recovered as
     R^T r / (cos^2 + sin^2), exact for any m.
     """
-    partner = torch.arange(head_dim, device=rotated.device)
-    if rope is None:
-        return rotated, torch.zeros_like(rotated), partner
-    cos, sin = rope
-    rotary_dim = cos.shape[-1]
-    half = rotary_dim // 2
-    partner[:rotary_dim] = torch.cat([partner[half:rotary_dim], partner[:half]])
-    sign = torch.ones(rotary_dim, device=rotated.device)
-    sign[half:] = -1
-    cos_full = torch.ones(*cos.shape[:-1], head_dim, device=rotated.device)
-    sin_signed = torch.zeros(*sin.shape[:-1], head_dim, device=rotated.device)
-    cos_full[..., :rotary_dim] = cos
-    sin_signed[..., :rotary_dim] = sin * sign
-    # R^T undoes the rotation up to m^2: m^2 x_j = cos_j r_j + sign_j sin_j r_partner(j)
-    gain = cos_full.square() + sin_signed.square()
-    pre = (cos_full * rotated + sin_signed * rotated[..., partner]) / gain
-    return pre * cos_full, pre * sin_signed, partner
+    batch, n_heads, length, head_dim = q.shape
+    shape = (batch, n_heads, length, 2, head_dim * len(sites))
+    left, right = q.new_empty(shape), q.new_empty(shape)
+    partner = torch.arange(head_dim, device=q.device)
+    if rope is not None:
+        cos, sin = rope
+        rotary_dim = cos.shape[-1]
+        half = rotary_dim // 2
+        partner[:rotary_dim] = torch.cat([partner[half:rotary_dim], partner[:half]])
+        cos_full = cos.new_ones(*cos.shape[:-1], head_dim)
+        sin_signed = sin.new_zeros(*sin.shape[:-1], head_dim)
+        cos_full[..., :rotary_dim] = cos
+        sin_signed[..., :half] = sin[..., :half]
+        sin_signed[..., half:rotary_dim] = -sin[..., half:]
+        # R^T undoes the rotation up to m^2: m^2 x_j = cos_j r_j + sign_j sin_j r_partner(j)
+        gain = cos_full.square() + sin_signed.square()
+    for number, site in enumerate(sites):
+        lanes = slice(number * head_dim, (number + 1) * head_dim)
+        removed, other = (q, k) if site == "attn_q" else (k, q)
+        removed_side, other_side = (left, right) if site == "attn_q" else (right, left)
+        other_side[..., 0, lanes] = other
+        torch.index_select(other, -1, partner, out=other_side[..., 1, lanes])
+        if rope is None:
+            removed_side[..., 0, lanes] = removed
+            removed_side[..., 1, lanes] = 0
+            continue
+        pre = torch.index_select(removed, -1, partner).mul_(sin_signed).addcmul_(cos_full, removed).div_(gain)
+        torch.mul(pre, cos_full, out=removed_side[..., 0, lanes])
+        torch.mul(pre, sin_signed, out=removed_side[..., 1, lanes])
+    return left, right
 
 
-def _norm_scales(norm: _QkNorm, site: str, b: int, pos: torch.Tensor, dims: Dimensions) -> torch.Tensor:
-    """Per token and pre-norm input j of document ``b``: how an RMSNorm rescales the rest of its vector.
+def _norm_scales(norm: _QkNorm, site: str, dims: Dimensions) -> torch.Tensor:
+    """Per token and pre-norm input j: how an RMSNorm rescales the rest of its vector.
 
     The norm computes y = g * x / rms(x), rms(x)^2 = mean(x^2) + eps, over
     one head's vector (scope ``head``) or the whole projection output (scope
     ``projection``). Zeroing x_j (a row of the projection) gives
     y' = a_j (y - y_j e_j) with a_j = rms(x) / rms(x - x_j e_j), whatever the
-    gain g (Gemma's 1 + w included). Returns a: [n, site size], float32.
+    gain g (Gemma's 1 + w included). Returns a: [B, T, site size], float32.
     """
-    pre = norm.pre[site][b][pos].float()
-    n, size = pre.shape
+    pre = norm.pre[site].float()
+    batch, n, size = pre.shape
     width = dims.head_dim if norm.scope == "head" else size
-    squares = pre.view(n, size // width, width).square()
+    squares = pre.view(batch, n, size // width, width).square()
     total = squares.sum(-1, keepdim=True)
     eps = norm.eps[site]
     ratio = (total / width + eps) / ((total - squares).clamp(min=0) / width + eps)
-    return ratio.sqrt().view(n, size)
+    return ratio.sqrt().view(batch, n, size)
+
+
+def _per_query_head(x: torch.Tensor, n_units: int, group: int) -> torch.Tensor:
+    """[B, T, units * D] (a site's neurons) -> [B, query heads, T, D]: each unit's lanes for the heads that read it."""
+    batch, n, _ = x.shape
+    return x.view(batch, n, n_units, -1).transpose(1, 2).repeat_interleave(group, dim=1)
 
 
 def _qk_sumsq(
-    site: str,
     kernel: Callable[..., torch.Tensor],
+    sites: Sequence[str],
     left: torch.Tensor,
     right: torch.Tensor,
-    scale: torch.Tensor | None,
+    scales: dict[str, torch.Tensor],
     norm: _QkNorm | None,
     dims: Dimensions,
-) -> torch.Tensor:
-    """Squared probability change of one document per query or key neuron, ``[site size]``.
+) -> dict[str, torch.Tensor]:
+    """Squared probability change per document and query or key neuron, ``{site: [B, site size]}``.
 
-    ``kernel`` is :func:`~langneurons.attention_change.prob_change_sumsq` bound to the document's scores;
-    ``left``/``right`` remove the neuron's rotated component. A key neuron
-    changes every query head that reads its kv head. ``scale`` ([n, site
-    size], see :func:`_norm_scales`): a query/key norm rescales the neuron's
-    own head at token t by scale[t, j] (row scales for queries, column scales
-    for keys); a norm over the whole projection also rescales every other
-    head, whose probabilities then change by the scale alone (n_heads more
-    kernel passes).
+    ``kernel`` is :func:`~langneurons.attention_change.prob_change_sumsq` bound to the
+    batch's scores; ``left``/``right`` (:func:`_removal_lanes`) remove each of the sites'
+    dimensions per query head, all sites in one kernel call. A key neuron changes every
+    query head that reads its kv head. ``scales`` ([B, T, site size], see
+    :func:`_norm_scales`): a query/key norm rescales the neuron's own head at token t by
+    scale[t, j] (row scales for queries, column scales for keys); a norm over the whole
+    projection also rescales every other head, whose probabilities then change by the
+    scale alone (one more kernel pass per site, over all of the site's neurons).
     """
-    query = site == "attn_q"
-    n_units, group = (dims.n_heads, 1) if query else (dims.n_kv_heads, dims.group_size)
-    head_dim = dims.head_dim
-    where = "row_scale" if query else "column_scale"
-    own_scale = None
-    if scale is not None:  # [n, units * D] -> [query heads, D, n]
-        own_scale = scale.view(-1, n_units, head_dim).permute(1, 2, 0).repeat_interleave(group, dim=0)
-    own = kernel(left, right, **{where: own_scale}).view(n_units, group, head_dim).sum(1)
-    if scale is None or norm.scope == "head":
-        return own.flatten()
-    every_head = scale.t()[None].expand(dims.n_heads, -1, -1)  # neuron (u, j) scales every query head
-    rescaled = kernel(None, None, **{where: every_head})  # [query heads, units * D]
-    per_unit = rescaled.view(n_units, group, n_units, head_dim).sum(1)  # [unit read, unit zeroed, j]
-    others = per_unit.sum(0) - torch.diagonal(per_unit, dim1=0, dim2=1).t()  # heads outside the neuron's unit
-    return (own + others).flatten()
+    group, head_dim = dims.group_size, dims.head_dim
+    units = {"attn_q": (dims.n_heads, 1), "attn_k": (dims.n_kv_heads, group)}
+    scaled = {}
+    for where, site in (("row_scale", "attn_q"), ("column_scale", "attn_k")):
+        if site in scales:
+            scaled[where] = torch.ones_like(left[..., 0, :])
+            number = sites.index(site)
+            own = scaled[where][..., number * head_dim : (number + 1) * head_dim]
+            own.copy_(_per_query_head(scales[site], *units[site]))
+    together = kernel(left, right, **scaled)  # [B, H, lanes of every site]
+    batch = together.shape[0]
+    results = {}
+    for number, site in enumerate(sites):
+        n_units, per_unit_group = units[site]
+        own = together[..., number * head_dim : (number + 1) * head_dim]  # [B, H, D]
+        own = own.reshape(batch, n_units, per_unit_group, head_dim).sum(2)
+        if site in scales and norm.scope == "projection":
+            own = own + _other_heads(kernel, site, scales[site], n_units, dims)
+        results[site] = own.flatten(1)
+    return results
+
+
+def _other_heads(kernel: Callable[..., torch.Tensor], site: str, scale: torch.Tensor, n_units: int, dims: Dimensions):
+    """A projection-wide norm: the change of the heads outside each neuron's unit, ``[B, units, D]``."""
+    batch, n, size = scale.shape
+    where = "row_scale" if site == "attn_q" else "column_scale"
+    every_head = scale[:, None].expand(batch, dims.n_heads, n, size)  # neuron (u, j) scales every query head
+    rescaled = kernel(None, None, **{where: every_head})  # [B, query heads, units * D]
+    per_unit = rescaled.view(batch, n_units, -1, n_units, dims.head_dim).sum(2)  # [B, unit read, unit zeroed, j]
+    return per_unit.sum(1) - torch.diagonal(per_unit, dim1=1, dim2=2).permute(0, 2, 1)
 
 
 def _attention_scores(
@@ -292,18 +331,19 @@ def _attention_scores(
     group = dims.group_size
     q = query.float()
     k = key.float().repeat_interleave(group, dim=1)
-    v = value.float().repeat_interleave(group, dim=1)
     raw = torch.matmul(q, k.transpose(-1, -2)) * scaling
     probs = torch.softmax(_softcap(raw, softcap) + bias, dim=-1)
-    mixed = torch.matmul(probs, v)  # [B, H, T, D]
     output = torch.matmul(probs.to(query.dtype), value.repeat_interleave(group, dim=1))
 
-    valid, positions = batch.on(q.device)
+    valid = batch.on(q.device)
     released = batch.method == "released_code"
     batch_size, n_heads, _, head_dim = q.shape
     results: dict[str, torch.Tensor] = {}
 
     if "attn_v" in batch.sites:
+        # [B, H, T, D] in float32: the model's own output when it runs in float32
+        v = value.float().repeat_interleave(group, dim=1)
+        mixed = output if output.dtype == torch.float32 else torch.matmul(probs, v)
         kept = mixed * valid[:, None, :, None]
         if released:
             per_head = kept.abs().sum(dim=2)  # [B, H, D]
@@ -314,35 +354,19 @@ def _attention_scores(
             sumsq = (gram_mixed * state.o_gram.to(q.device)).sum(dim=(-1, -2))
             results["attn_v"] = sumsq.clamp(min=0).sqrt().flatten(1)
 
-    wanted_qk = [s for s in ("attn_q", "attn_k") if s in batch.sites]
+    wanted_qk = tuple(s for s in ("attn_q", "attn_k") if s in batch.sites)
     if wanted_qk:
-        per_doc = {s: [] for s in wanted_qk}
         delta_scale = 1.0 if released else scaling
-        common = dict(delta_scale=delta_scale, softcap=softcap, chunk_bytes=batch.chunk_bytes, mode=batch.qk_mode)
+        rope = None if released or state.rope is None else tuple(r[:, None] for r in state.rope)
+        left, right = _removal_lanes(q, k, rope, wanted_qk)
         norm = None if released else state.qk_norm
-        for b in range(batch_size):
-            pos = positions[b]
-            raw_b = raw[b][:, pos][:, :, pos]
-            probs_b = probs[b][:, pos][:, :, pos]
-            bias_b = bias[b][:, pos][:, :, pos]
-            q_b, k_b = q[b][:, pos], k[b][:, pos]  # [H, n, D]
-            rope_b = None if released or state.rope is None else tuple(r[b][pos] for r in state.rope)
-            q_own, q_other, partner = _rope_split(q_b, rope_b, head_dim)
-            k_own, k_other, _ = _rope_split(k_b, rope_b, head_dim)
-            # [H, n, D] x 2 -> rows [H, D, n, 2] and columns [H, D, 2, n] of the rank-2 updates
-            rows = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 1, 3)  # noqa: E731
-            columns = lambda a, c: torch.stack([a, c], dim=-1).permute(0, 2, 3, 1)  # noqa: E731
-            scales = {} if norm is None else {site: _norm_scales(norm, site, b, pos, dims) for site in per_doc}
-            kernel = partial(prob_change_sumsq, raw_b, bias_b, probs_b, **common)
-            if "attn_q" in per_doc:
-                left, right = rows(q_own, q_other), columns(k_b, k_b[..., partner])
-                per_doc["attn_q"].append(_qk_sumsq("attn_q", kernel, left, right, scales.get("attn_q"), norm, dims))
-            if "attn_k" in per_doc:
-                left, right = rows(q_b, q_b[..., partner]), columns(k_own, k_other)
-                per_doc["attn_k"].append(_qk_sumsq("attn_k", kernel, left, right, scales.get("attn_k"), norm, dims))
-        for site, rows in per_doc.items():
-            stacked = torch.stack(rows)
-            results[site] = stacked if released else stacked.sqrt()
+        scales = {} if norm is None else {site: _norm_scales(norm, site, dims) for site in wanted_qk}
+        kernel = partial(
+            prob_change_sumsq, raw, bias, probs, delta_scale=delta_scale, softcap=softcap,
+            chunk_bytes=batch.chunk_bytes, mode=batch.qk_mode, rows=valid,
+        )  # fmt: skip
+        for site, sumsq in _qk_sumsq(kernel, wanted_qk, left, right, scales, norm, dims).items():
+            results[site] = sumsq if released else sumsq.sqrt()
         if state.qk_norm is not None:
             state.qk_norm.pre.clear()
 
@@ -480,7 +504,7 @@ def _register_ffn_capture(
             up = get_submodule(block, arch.ffn_in)
 
             def score_up(mod, args, output, layer=index):
-                valid, _ = batch.on(output.device)
+                valid = batch.on(output.device)
                 projected = ffn_up_part(arch, dims, output.float().reshape(*valid.shape, -1))  # OPT flattens tokens
                 batch.scores["ffn"][layer] = (projected.abs() * valid[..., None]).sum(dim=1)
 
@@ -490,7 +514,7 @@ def _register_ffn_capture(
             column_norms = _weight_statistic(arch, down, lambda w: w.norm(dim=0))
 
             def score_down(mod, args, layer=index, column_norms=column_norms):
-                valid, _ = batch.on(args[0].device)
+                valid = batch.on(args[0].device)
                 activation = args[0].float().reshape(*valid.shape, -1)  # OPT flattens tokens
                 norms = (activation * valid[..., None]).square().sum(dim=1).sqrt()
                 batch.scores["ffn"][layer] = norms * column_norms.to(activation.device)
@@ -513,7 +537,7 @@ def _register_active_capture(stack: ExitStack, model: nn.Module, arch: Architect
         seen.add(id(module))
 
         def count(activation: torch.Tensor, layer: int) -> None:
-            valid, _ = batch.on(activation.device)
+            valid = batch.on(activation.device)
             active = (activation.reshape(*valid.shape, -1) > 0) & valid[..., None]  # OPT flattens tokens
             batch.scores["ffn_active"][layer] = active.sum(dim=1).float()
 
@@ -571,7 +595,6 @@ def score_batch(
     valid = attention_mask.detach().to("cpu").bool()
     batch = _Batch(
         valid=valid,
-        positions=[row.nonzero().flatten() for row in valid],
         sites=sites,
         method=method,
         chunk_bytes=int(chunk_bytes),

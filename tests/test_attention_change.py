@@ -27,6 +27,8 @@ NEG = torch.finfo(torch.float32).min
 
 CASES = {
     "plain": {},
+    "plain, some rows past the two-pass limit": dict(size=3.0),
+    "plain, every row past the two-pass limit": dict(size=30.0),
     "per-head alibi": dict(bias_heads=3, alibi=True),
     "sliding window": dict(window=4),
     "softcap": dict(softcap=2.0),
@@ -141,16 +143,43 @@ def _native_kernel():
     return attention_change._native_function(library)
 
 
+#: One document's removal and scales: the definitions' layout -> prob_change_sumsq's (lanes last).
+_LANES_LAST = {"left": (0, 2, 3, 1), "right": (0, 3, 2, 1), "row_scale": (0, 2, 1), "column_scale": (0, 2, 1)}
+
+
+def as_batch(x):
+    """One document's inputs as prob_change_sumsq takes them: a batch of one, lanes last."""
+    batched = dict(x)
+    for name in ("raw", "bias", "probs"):
+        batched[name] = x[name][None]
+    for name, order in _LANES_LAST.items():
+        batched[name] = None if x[name] is None else x[name].permute(*order)[None]
+    return batched
+
+
+def document_of(batched, b):
+    """Document ``b`` of a batch call's inputs, its counted rows only, in the definitions' layout."""
+    pos = batched["rows"][b].nonzero().flatten()
+    x = {k: v for k, v in batched.items() if k not in ("rows", "mode", "chunk_bytes")}
+    for name in ("raw", "bias", "probs"):
+        x[name] = batched[name][min(b, batched[name].shape[0] - 1)][:, pos][:, :, pos]
+    back = {"left": (0, 3, 1, 2), "right": (0, 3, 2, 1), "row_scale": (0, 2, 1), "column_scale": (0, 2, 1)}
+    for name, order in back.items():
+        x[name] = None if batched[name] is None else batched[name][b][:, pos].permute(*order)
+    return x
+
+
 def _exact(implementation, x, chunk_bytes=1 << 20):
-    args = [x[k] for k in ("raw", "bias", "probs", "left", "right", "delta_scale", "softcap")]
-    args += [chunk_bytes, x["row_scale"], x["column_scale"]]
+    y = as_batch(x)
+    args = [y[k] for k in ("raw", "bias", "probs", "left", "right", "delta_scale", "softcap")]
+    args += [chunk_bytes, y["row_scale"], y["column_scale"], torch.ones(1, x["raw"].shape[-1], dtype=torch.bool)]
     if implementation == "native":
-        return attention_change._exact_native(_native_kernel(), *args)
-    return attention_change._exact_torch(*args)
+        return attention_change._exact_native(_native_kernel(), *args)[0]
+    return attention_change._exact_torch(*args)[0]
 
 
 def _fast(x, chunk_bytes=1 << 20):
-    return attention_change.prob_change_sumsq(**x, chunk_bytes=chunk_bytes, mode="fast")
+    return attention_change.prob_change_sumsq(**as_batch(x), chunk_bytes=chunk_bytes, mode="fast")[0]
 
 
 # ---- exact --------------------------------------------------------------------------------------------
@@ -165,6 +194,52 @@ def test_exact_equals_the_definition(implementation, case):
     got = _exact(implementation, x)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=0)
+
+
+def padded_batch(case, n_dims=6, length=15):
+    """Two documents (9 and 13 tokens) padded on the left and on the right into one batch, with
+    random values wherever the padding is (rows that do not count, scores of keys the mask hides)."""
+    documents = [make_inputs(seed=20 + i, n=n, n_dims=n_dims, **CASES[case]) for i, n in enumerate((9, 13))]
+    gen = torch.Generator().manual_seed(3)
+    places = [slice(length - 9, length), slice(0, 13)]
+    batched = {k: v for k, v in as_batch(documents[0]).items() if not isinstance(v, torch.Tensor)}
+    rows = torch.zeros(2, length, dtype=torch.bool)
+    for name, example in as_batch(documents[0]).items():
+        if not isinstance(example, torch.Tensor):
+            continue
+        shape = list(example.shape)
+        shape[0] = 2
+        for axis in range(2, 4 if name in ("raw", "bias", "probs") else 3):
+            shape[axis] = length
+        full = torch.randn(*shape, generator=gen)
+        if name == "bias":
+            full = torch.full(shape, NEG)
+        for b, (x, place) in enumerate(zip(documents, places)):
+            inner = as_batch(x)[name][0]
+            if name == "probs":  # what the mask hides has no probability; rows that do not count: anything
+                full[b][:, place] = 0
+            if name in ("raw", "bias", "probs"):
+                full[b][:, place, place] = inner
+            else:
+                full[b][:, place] = inner
+            rows[b, place] = True
+        batched[name] = full
+    return documents, batched | {"rows": rows}
+
+
+@pytest.mark.parametrize("mode, implementation", [("exact", "native"), ("exact", "torch"), ("fast", None)])
+@pytest.mark.parametrize("case", ["plain", "both scales, softcap and alibi", "scales without removal"])
+def test_a_batch_counts_each_documents_own_rows_and_keys(mode, implementation, case, monkeypatch):
+    """Padding on either side, with anything in the padded places, gives what each document gives alone."""
+    if implementation == "torch":
+        monkeypatch.setattr(attention_change, "_native_kernel", lambda: None)
+    elif implementation == "native":
+        _native_kernel()  # skips without a compiler
+    documents, batched = padded_batch(case)
+    got = attention_change.prob_change_sumsq(**batched, chunk_bytes=1 << 20, mode=mode)
+    reference = exact_by_definition if mode == "exact" else second_order_by_definition
+    for b, x in enumerate(documents):
+        torch.testing.assert_close(got[b].double(), reference(x), rtol=1e-4 if mode == "fast" else 2e-5, atol=0)
 
 
 @pytest.mark.parametrize("implementation", ["native", "torch"])
@@ -212,12 +287,12 @@ def test_the_native_kernel_runs_only_on_float32_cpu_tensors(monkeypatch):
     real = attention_change._exact_native
     monkeypatch.setattr(attention_change, "_exact_native", lambda *args: calls.append(1) or real(*args))
     x = make_inputs(seed=5)
-    attention_change.prob_change_sumsq(**x, chunk_bytes=1 << 20)
+    attention_change.prob_change_sumsq(**as_batch(x), chunk_bytes=1 << 20)
     assert len(calls) == 1
-    as_float64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
-    got = attention_change.prob_change_sumsq(**as_float64, chunk_bytes=1 << 20)
+    as_float64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in as_batch(x).items()}
+    got = attention_change.prob_change_sumsq(**as_float64, chunk_bytes=1 << 20)[0]
     torch.testing.assert_close(got.double(), exact_by_definition(x), rtol=2e-5, atol=0)
-    on_meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    on_meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in as_batch(x).items()}
     assert attention_change.prob_change_sumsq(**on_meta, chunk_bytes=1 << 20).device.type == "meta"
     assert len(calls) == 1
 
@@ -254,7 +329,7 @@ def test_without_a_working_compiler_scoring_falls_back_to_torch(
     if message:
         assert message in caplog.text
     x = make_inputs(seed=5, scales=("row",), softcap=2.0)
-    got = attention_change.prob_change_sumsq(**x, chunk_bytes=1 << 20)
+    got = attention_change.prob_change_sumsq(**as_batch(x), chunk_bytes=1 << 20)[0]
     torch.testing.assert_close(got.double(), exact_by_definition(x), rtol=2e-5, atol=0)
 
 
@@ -320,18 +395,20 @@ def test_fast_is_within_its_error_bound_on_tiny_models(monkeypatch, name):
     monkeypatch.setattr(scoring, "prob_change_sumsq", record)
     ids, mask = random_batch(3, 11, seed=4)
     scoring.score_batch(tiny_model(name), ids, mask, sites=("attn_q", "attn_k"))
-    assert len(seen) >= 3 * 3 * 2  # documents x layers x sites (OLMo-2 adds its cross-head calls)
+    assert len(seen) >= 3  # one call per layer (OLMo-2 adds its cross-head calls)
     names = ("raw", "bias", "probs", "left", "right", "delta_scale", "softcap", "chunk_bytes")
     relative_bound, relative_error = [], []
     for args, kwargs in seen:
-        x = dict(row_scale=None, column_scale=None) | dict(zip(names, args)) | kwargs
-        x.pop("mode")
-        exact = exact_by_definition(x).sqrt()
-        fast = attention_change.prob_change_sumsq(**x | {"mode": "fast"}).double().sqrt()
-        bound = fast_error_bound(x)
-        assert ((exact - fast).abs() <= bound * (1 + 1e-3) + 1e-7).all()
-        relative_bound.append((bound / exact).flatten())
-        relative_error.append(((exact - fast).abs() / exact).flatten())
+        batched = dict(row_scale=None, column_scale=None) | dict(zip(names, args)) | kwargs
+        fast_batch = attention_change.prob_change_sumsq(**batched | {"mode": "fast"}).double()
+        for b in range(batched["raw"].shape[0]):
+            x = document_of(batched, b)
+            exact = exact_by_definition(x).sqrt()
+            fast = fast_batch[b].sqrt()
+            bound = fast_error_bound(x)
+            assert ((exact - fast).abs() <= bound * (1 + 1e-3) + 1e-7).all()
+            relative_bound.append((bound / exact).flatten())
+            relative_error.append(((exact - fast).abs() / exact).flatten())
     assert torch.cat(relative_error).median() < 0.05
     if INFORMATIVE_BOUND[name] is not None:  # the bound says something: a small fraction of the score
         assert torch.cat(relative_bound).median() < INFORMATIVE_BOUND[name]

@@ -3,15 +3,22 @@
  * for every (head, dimension) pair of one document: the native kernel behind
  * langneurons.attention_change (see its docstring for the definition).
  *
- * For every row (h, t) and every dimension d, with lanes over d:
- *   z[s, d]  = softcap(row[h, t, d] * col[h, s, d] * (raw[h, t, s] - delta_scale * delta[s, d])) + bias[t, s]
- *   delta    = left[h, t, 0, d] * right[h, s, 0, d] + left[h, t, 1, d] * right[h, s, 1, d]
- *   out[h, t, d] = sum_s (softmax_s(z[., d])[s] - probs[h, t, s])^2
+ * For every query row (b, h, t) that counts (rows[b, t] != 0) and every lane d (a removed dimension):
+ *   z[s, d]  = softcap(row[b, h, t, d] * col[b, h, s, d] * (raw[b, h, t, s] - delta_scale * delta[s, d]))
+ *              + bias[b, h, t, s]
+ *   delta    = left[b, h, t, 0, d] * right[b, h, s, 0, d] + left[b, h, t, 1, d] * right[b, h, s, 1, d]
+ *   out[b, h, t, d] = sum_s (softmax_s(z[., d])[s] - probs[b, h, t, s])^2
  * over the columns from the first to the last key that the bias does not mask
  * (bias > -1.7e38: transformers masks with the float32 minimum); outside them
- * the probabilities are zero before and after. The dimension is the innermost, contiguous axis, so each
- * step over s is a few vector instructions for all dimensions, with no horizontal
- * reductions; a row's scores (n x D floats) stay in the first-level cache.
+ * the probabilities are zero before and after. The lane is the innermost, contiguous axis, so each
+ * step over s is a few vector instructions for all lanes, with no horizontal
+ * reductions; a row's scores (n x lanes floats) stay in the first or second level cache.
+ *
+ * Plain attention (no scales, no soft-cap) skips the pass that finds each lane's maximum
+ * when the removal cannot move any logit of the row by more than SHIFT_LIMIT: the
+ * exponentials are then shifted by the row's largest logit plus that lane's bound,
+ * which is at least every new logit and at most 2 * SHIFT_LIMIT above the largest,
+ * so nothing that matters underflows.
  *
  * Plain C99 + OpenMP, no Python or torch headers: built on first use by
  * langneurons.native with the system C compiler; when there is none, the torch
@@ -56,92 +63,162 @@ static inline float tanh_single(float x) {
 }
 
 #define MASKED (-1.7e38f)
+/* Bound on how far the removal may move a logit for the two-pass path (see the top). */
+#define SHIFT_LIMIT 10.0f
+
+/* Lanes are worked on in blocks of BLOCK (one 512-bit vector): a block's exponentials of a
+ * row (n x BLOCK floats) stay in the first-level cache between the passes over the row. */
+#define BLOCK 16
+/* Query rows per task (and per slot of the output). */
+#define TILE 32
 
 typedef struct {
-    float *scores, *row_max, *row_sum, *l0, *l1, *row_scale;
+    float *scores; /* [n][BLOCK]: one lane block's exponentials (or scores) of the row */
+    float *logit;  /* [n]: the row's logits raw + bias (plain attention) */
 } Workspace;
 
-static void row_change(int64_t h, int64_t t, int64_t n_dims, int64_t n, int64_t bias_heads, const float *raw,
-                       const float *bias, const float *probs, const float *left, const float *right,
-                       const float *row_scale, const float *column_scale, float delta_scale, float softcap,
-                       float *out, Workspace *w) {
-    const int64_t D = n_dims, hb = bias_heads > 1 ? h : 0;
-    const float *raw_row = raw + (h * n + t) * n, *bias_row = bias + (hb * n + t) * n;
-    const float *prob_row = probs + (h * n + t) * n;
-    int64_t s0 = 0, s1 = n;
-    while (s0 < n && !(bias_row[s0] > MASKED)) s0++;
-    while (s1 > s0 && !(bias_row[s1 - 1] > MASKED)) s1--;
-    float *o = out + (h * n + t) * D;
-    float *restrict l0 = w->l0, *restrict l1 = w->l1, *restrict rs = w->row_scale;
-    float *restrict mx = w->row_max, *restrict sm = w->row_sum;
-    for (int64_t d = 0; d < D; d++) {
-        l0[d] = left ? -delta_scale * left[((h * n + t) * 2) * D + d] : 0.0f;
-        l1[d] = left ? -delta_scale * left[((h * n + t) * 2 + 1) * D + d] : 0.0f;
-        rs[d] = row_scale ? row_scale[(h * n + t) * D + d] : 1.0f;
-        mx[d] = -INFINITY;
-        sm[d] = 0.0f;
-        o[d] = 0.0f;
+typedef struct {
+    int64_t n_heads, n_lanes, n, bias_heads, ld;
+    const float *raw, *bias, *probs, *left, *right, *right_bound, *row_scale, *column_scale;
+    const uint8_t *rows;
+    float delta_scale, softcap;
+    float *out;
+} Problem;
+
+typedef struct {
+    int64_t bh, t, s0, s1;
+    const float *raw_row, *bias_row, *prob_row;
+    float top; /* the largest logit of the row (plain attention) */
+    int plain;
+} Row;
+
+/* Lanes [d0, d0 + width) of one row, width <= BLOCK; inlined with width = BLOCK for the full blocks. */
+static inline __attribute__((always_inline)) void block_change(const Problem *P, const Row *R, int64_t d0,
+                                                               int64_t width, float *o, Workspace *w) {
+    const int64_t n = P->n, ld = P->ld, bh = R->bh, t = R->t, s0 = R->s0, s1 = R->s1;
+    const float a = P->delta_scale, softcap = P->softcap;
+    float l0[BLOCK], l1[BLOCK], rs[BLOCK], mx[BLOCK], sm[BLOCK], acc[BLOCK];
+    const float *left = P->left ? P->left + (bh * n + t) * 2 * ld + d0 : NULL;
+    const float *row_scale = P->row_scale ? P->row_scale + (bh * n + t) * ld + d0 : NULL;
+    for (int64_t j = 0; j < width; j++) {
+        l0[j] = left ? -a * left[j] : 0.0f;
+        l1[j] = left ? -a * left[ld + j] : 0.0f;
+        rs[j] = row_scale ? row_scale[j] : 1.0f;
+        mx[j] = -INFINITY;
+        sm[j] = 0.0f;
+        acc[j] = 0.0f;
     }
-    const int plain = !row_scale && !column_scale && softcap <= 0.0f && left;
-    for (int64_t s = s0; s < s1; s++) {
-        float *restrict z = w->scores + s * D;
-        const float base = raw_row[s], b = bias_row[s];
-        const float *restrict r0 = right ? right + ((h * n + s) * 2) * D : NULL;
-        const float *restrict r1 = right ? r0 + D : NULL;
-        if (plain) {
-            const float logit = base + b;
+    const float *r_base = P->right ? P->right + bh * n * 2 * ld + d0 : NULL;
+    float *restrict z = w->scores - s0 * BLOCK; /* z + s * BLOCK: key s */
+    int shifted = 0;
+    if (R->plain) {
+        /* each lane's bound on how far the removal moves a logit of the row */
+        const float *b0 = P->right_bound + bh * 2 * ld + d0, *b1 = b0 + ld;
+        float widest = 0.0f;
+        for (int64_t j = 0; j < width; j++) {
+            float bound = fabsf(l0[j]) * b0[j] + fabsf(l1[j]) * b1[j];
+            mx[j] = R->top + bound;
+            widest = bound > widest || bound != bound ? bound : widest;
+        }
+        shifted = widest <= SHIFT_LIMIT; /* false for NaN too: then the three passes propagate it */
+    }
+    if (shifted) {
+        for (int64_t s = s0; s < s1; s++) {
+            const float *restrict r0 = r_base + s * 2 * ld, *restrict r1 = r0 + ld;
+            const float logit = w->logit[s];
+            float *restrict zs = z + s * BLOCK;
 #pragma omp simd
-            for (int64_t d = 0; d < D; d++) {
-                float v = logit + l0[d] * r0[d] + l1[d] * r1[d];
-                z[d] = v;
-                mx[d] = v > mx[d] ? v : mx[d];
+            for (int64_t j = 0; j < width; j++) {
+                float e = exp_nonpositive(logit + l0[j] * r0[j] + l1[j] * r1[j] - mx[j]);
+                zs[j] = e;
+                sm[j] += e;
             }
-        } else {
-            const float *restrict cs = column_scale ? column_scale + (h * n + s) * D : NULL;
-            for (int64_t d = 0; d < D; d++) z[d] = left ? base + l0[d] * r0[d] + l1[d] * r1[d] : base;
+        }
+    } else {
+        for (int64_t j = 0; j < width; j++) mx[j] = -INFINITY;
+        for (int64_t s = s0; s < s1; s++) {
+            float *restrict zs = z + s * BLOCK;
+            const float base = R->raw_row[s], bias = R->bias_row[s];
+            const float *restrict r0 = r_base ? r_base + s * 2 * ld : NULL;
+            const float *restrict r1 = r_base ? r0 + ld : NULL;
+            const float *restrict cs = P->column_scale ? P->column_scale + (bh * n + s) * ld + d0 : NULL;
+            if (r_base) {
+#pragma omp simd
+                for (int64_t j = 0; j < width; j++) zs[j] = base + l0[j] * r0[j] + l1[j] * r1[j];
+            } else {
+                for (int64_t j = 0; j < width; j++) zs[j] = base;
+            }
             if (row_scale)
-                for (int64_t d = 0; d < D; d++) z[d] *= rs[d];
+                for (int64_t j = 0; j < width; j++) zs[j] *= rs[j];
             if (cs)
-                for (int64_t d = 0; d < D; d++) z[d] *= cs[d];
+                for (int64_t j = 0; j < width; j++) zs[j] *= cs[j];
             if (softcap > 0.0f) {
                 const float inv_cap = 1.0f / softcap;
 #pragma omp simd
-                for (int64_t d = 0; d < D; d++) z[d] = softcap * tanh_single(z[d] * inv_cap);
+                for (int64_t j = 0; j < width; j++) zs[j] = softcap * tanh_single(zs[j] * inv_cap);
             }
 #pragma omp simd
-            for (int64_t d = 0; d < D; d++) {
-                float v = z[d] + b;
-                z[d] = v;
-                mx[d] = v > mx[d] ? v : mx[d];
+            for (int64_t j = 0; j < width; j++) {
+                float v = zs[j] + bias;
+                zs[j] = v;
+                mx[j] = v > mx[j] ? v : mx[j];
+            }
+        }
+        for (int64_t s = s0; s < s1; s++) {
+            float *restrict zs = z + s * BLOCK;
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) {
+                float e = exp_nonpositive(zs[j] - mx[j]);
+                zs[j] = e;
+                sm[j] += e;
             }
         }
     }
+    for (int64_t j = 0; j < width; j++) sm[j] = 1.0f / sm[j];
     for (int64_t s = s0; s < s1; s++) {
-        float *restrict z = w->scores + s * D;
+        const float *restrict zs = z + s * BLOCK;
+        const float p = R->prob_row[s];
 #pragma omp simd
-        for (int64_t d = 0; d < D; d++) {
-            float e = exp_nonpositive(z[d] - mx[d]);
-            z[d] = e;
-            sm[d] += e;
+        for (int64_t j = 0; j < width; j++) {
+            float diff = zs[j] * sm[j] - p;
+            acc[j] += diff * diff;
         }
     }
-    for (int64_t d = 0; d < D; d++) sm[d] = 1.0f / sm[d];
-    for (int64_t s = s0; s < s1; s++) {
-        const float *restrict z = w->scores + s * D;
-        const float p = prob_row[s];
-#pragma omp simd
-        for (int64_t d = 0; d < D; d++) {
-            float diff = z[d] * sm[d] - p;
-            o[d] += diff * diff;
-        }
-    }
+    for (int64_t j = 0; j < width; j++) o[d0 + j] += acc[j];
 }
 
-/* Returns 0, or 1 when a workspace could not be allocated (out is then incomplete). */
-int prob_change_rows(int64_t n_heads, int64_t n_dims, int64_t n, int64_t bias_heads, const float *raw,
-                     const float *bias, const float *probs, const float *left, const float *right,
-                     const float *row_scale, const float *column_scale, float delta_scale, float softcap,
-                     float *out, int threads) {
+/* Adds row (b, h, t)'s change of every lane to o. */
+static void row_change(const Problem *P, int64_t b, int64_t h, int64_t t, float *o, Workspace *w) {
+    const int64_t D = P->n_lanes, n = P->n, bh = b * P->n_heads + h;
+    const int64_t hb = b * P->bias_heads + (P->bias_heads > 1 ? h : 0);
+    if (!P->rows[b * n + t]) return;
+    Row R = {bh, t, 0, n, P->raw + (bh * n + t) * n, P->bias + (hb * n + t) * n, P->probs + (bh * n + t) * n,
+             -INFINITY, !P->row_scale && !P->column_scale && P->softcap <= 0.0f && P->left};
+    while (R.s0 < n && !(R.bias_row[R.s0] > MASKED)) R.s0++;
+    while (R.s1 > R.s0 && !(R.bias_row[R.s1 - 1] > MASKED)) R.s1--;
+    if (R.plain) {
+        for (int64_t s = R.s0; s < R.s1; s++) {
+            float logit = R.raw_row[s] + R.bias_row[s];
+            w->logit[s] = logit;
+            R.top = logit > R.top ? logit : R.top;
+        }
+    }
+    int64_t d0 = 0;
+    for (; d0 + BLOCK <= D; d0 += BLOCK) block_change(P, &R, d0, BLOCK, o, w);
+    if (d0 < D) block_change(P, &R, d0, D - d0, o, w);
+}
+
+/* Layouts (C order): raw, probs [B, H, n, n]; bias [B, bias_heads, n, n]; rows [B, n];
+ * left, right [B, H, n, 2, ld]; right_bound [B, H, 2, ld] (max over s of |right|);
+ * row_scale, column_scale [B, H, n, ld]; the lane pointers start at the lane chunk's
+ * first lane; out [B, H, ceil(n / TILE), n_lanes], each tile's sum over its rows that count.
+ * Returns 0, or 1 when a workspace could not be allocated (out is then incomplete). */
+int prob_change_rows(int64_t batch, int64_t n_heads, int64_t n_lanes, int64_t n, int64_t bias_heads, int64_t ld,
+                     const float *raw, const float *bias, const float *probs, const uint8_t *rows,
+                     const float *left, const float *right, const float *right_bound, const float *row_scale,
+                     const float *column_scale, float delta_scale, float softcap, float *out, int threads) {
+    const Problem P = {n_heads, n_lanes, n, bias_heads, ld, raw, bias, probs, left, right, right_bound,
+                       row_scale, column_scale, rows, delta_scale, softcap, out};
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -151,25 +228,23 @@ int prob_change_rows(int64_t n_heads, int64_t n_dims, int64_t n, int64_t bias_he
         unsigned int saved_csr = _mm_getcsr();
         _mm_setcsr(saved_csr | 0x8040);
 #endif
-        const size_t width = (size_t)((n_dims + 15) / 16) * 16;
         Workspace w;
-        w.scores = aligned_alloc(64, (size_t)n * width * sizeof(float));
-        float *vectors = aligned_alloc(64, 5 * width * sizeof(float));
-        const int ready = w.scores && vectors;
+        w.scores = aligned_alloc(64, (size_t)n * BLOCK * sizeof(float));
+        w.logit = aligned_alloc(64, (size_t)(n + 15) / 16 * 16 * sizeof(float));
+        const int ready = w.scores && w.logit;
         failed = !ready;
-        w.row_max = vectors;
-        w.row_sum = vectors + width;
-        w.l0 = vectors + 2 * width;
-        w.l1 = vectors + 3 * width;
-        w.row_scale = vectors + 4 * width;
-        /* every thread takes part in the loop (a work-sharing loop must be met by all of them) */
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t row = 0; row < n_heads * n; row++)
-            if (ready)
-                row_change(row / n, row % n, n_dims, n, bias_heads, raw, bias, probs, left, right, row_scale,
-                           column_scale, delta_scale, softcap, out, &w);
+        /* one task per tile of TILE query rows of one (document, head), its sum in its own slot;
+         * every thread takes part in the loop (a work-sharing loop must be met by all of them) */
+        const int64_t n_tiles = (n + TILE - 1) / TILE;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < batch * n_heads * n_tiles; task++) {
+            float *o = out + task * n_lanes;
+            for (int64_t d = 0; d < n_lanes; d++) o[d] = 0.0f;
+            const int64_t bh = task / n_tiles, t0 = task % n_tiles * TILE, t1 = t0 + TILE < n ? t0 + TILE : n;
+            for (int64_t t = t0; t < t1 && ready; t++) row_change(&P, bh / n_heads, bh % n_heads, t, o, &w);
+        }
         free(w.scores);
-        free(vectors);
+        free(w.logit);
 #if defined(__SSE__)
         _mm_setcsr(saved_csr);
 #endif
