@@ -331,8 +331,9 @@ def _attention_scores(
     group = dims.group_size
     q = query.float()
     k = key.float().repeat_interleave(group, dim=1)
-    raw = torch.matmul(q, k.transpose(-1, -2)) * scaling
-    probs = torch.softmax(_softcap(raw, softcap) + bias, dim=-1)
+    raw = torch.matmul(q * scaling, k.transpose(-1, -2))
+    probs = _softcap(raw, softcap) + bias
+    torch.softmax(probs, dim=-1, out=probs)
     output = torch.matmul(probs.to(query.dtype), value.repeat_interleave(group, dim=1))
 
     valid = batch.on(q.device)
@@ -342,8 +343,10 @@ def _attention_scores(
 
     if "attn_v" in batch.sites:
         # [B, H, T, D] in float32: the model's own output when it runs in float32
-        v = value.float().repeat_interleave(group, dim=1)
-        mixed = output if output.dtype == torch.float32 else torch.matmul(probs, v)
+        if output.dtype == torch.float32:
+            mixed = output
+        else:
+            mixed = torch.matmul(probs, value.float().repeat_interleave(group, dim=1))
         kept = mixed * valid[:, None, :, None]
         if released:
             per_head = kept.abs().sum(dim=2)  # [B, H, D]

@@ -62,6 +62,27 @@ static inline float tanh_single(float x) {
     return ax < 0.625f ? small : large;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* exp_nonpositive on 16 lanes: the same reduction and polynomial, 2^k by scalef (which also
+ * underflows to zero where the scalar version clamps); NaN stays NaN (max keeps its second operand). */
+static inline __m512 exp16_nonpositive(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-100.0f), x);
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, k);
+}
+#endif
+
 #define MASKED (-1.7e38f)
 /* Bound on how far the removal may move a logit for the two-pass path (see the top). */
 #define SHIFT_LIMIT 10.0f
@@ -122,6 +143,28 @@ static inline __attribute__((always_inline)) void block_change(const Problem *P,
         }
         shifted = widest <= SHIFT_LIMIT; /* false for NaN too: then the three passes propagate it */
     }
+#if defined(__AVX512F__)
+    if (shifted && width == BLOCK) { /* the two passes on one vector of lanes */
+        const __m512 L0 = _mm512_loadu_ps(l0), L1 = _mm512_loadu_ps(l1), shift = _mm512_loadu_ps(mx);
+        __m512 sum = _mm512_setzero_ps(), total = _mm512_setzero_ps();
+        for (int64_t s = s0; s < s1; s++) {
+            const float *r0 = r_base + s * 2 * ld;
+            __m512 v = _mm512_sub_ps(_mm512_set1_ps(w->logit[s]), shift);
+            v = _mm512_fmadd_ps(L0, _mm512_loadu_ps(r0), v);
+            v = _mm512_fmadd_ps(L1, _mm512_loadu_ps(r0 + ld), v);
+            const __m512 e = exp16_nonpositive(v);
+            _mm512_store_ps(z + s * BLOCK, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+        for (int64_t s = s0; s < s1; s++) {
+            const __m512 diff = _mm512_fmsub_ps(_mm512_load_ps(z + s * BLOCK), inverse, _mm512_set1_ps(R->prob_row[s]));
+            total = _mm512_fmadd_ps(diff, diff, total);
+        }
+        _mm512_storeu_ps(o + d0, _mm512_add_ps(_mm512_loadu_ps(o + d0), total));
+        return;
+    }
+#endif
     if (shifted) {
         for (int64_t s = s0; s < s1; s++) {
             const float *restrict r0 = r_base + s * 2 * ld, *restrict r1 = r0 + ld;
