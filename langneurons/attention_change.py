@@ -141,7 +141,8 @@ def prob_change_sumsq(
     that count; ``mode="fast"`` is the second-order expansion (see the module docstring).
     Attention must be causal (``bias`` masks every key after the query), as in every
     causal LM; other masks are free. Temporaries beyond inputs-sized arrays stay
-    within ``chunk_bytes``.
+    within ``chunk_bytes`` (fast mode: within ``chunk_bytes`` or the size of ``probs``,
+    whichever is larger).
     """
     check_mode(mode)
     if rows is None:
@@ -323,8 +324,10 @@ def _second_order(raw, bias, probs, left, right, delta_scale, softcap, chunk_byt
     matrices: dict[tuple, torch.Tensor] = {}
     out = torch.zeros(batch, n_heads, n_lanes, device=raw.device)
     counted = rows[:, None, :, None]
-    # per lane: float32 [B, H, n] columns: the row and column factors of every slot, and the products
-    for lanes in _lane_chunks(n_lanes, 3 * n_slots * 4 * batch * n_heads * n, chunk_bytes):
+    # per lane: float32 [B, H, n] columns: the row and column factors of every slot, and the products;
+    # chunks as large as the probabilities at least (matrix products need width to run fast)
+    budget = max(chunk_bytes, probs.numel() * probs.element_size())
+    for lanes in _lane_chunks(n_lanes, 3 * n_slots * 4 * batch * n_heads * n, budget):
         row_terms, column_terms, names = _change_terms(left, right, row_scale, column_scale, delta_scale, lanes)
         singles = [((name,), k, k) for k, name in enumerate(names)]  # terms come grouped by weight
         pairs = sorted(
@@ -404,8 +407,12 @@ def _grouped_products(groups, powers, weights, matrices, row_factors, column_fac
                 matrix = matrix * weights[name]
             matrices[key] = matrix
         part = column_factors[..., start:stop, :]
-        product = torch.matmul(matrices[key], part.flatten(-2)).view(part.shape)
-        product.mul_(row_factors[..., start:stop, :])
+        columns = part.flatten(-2)
+        product = torch.empty_like(columns)
+        # causal: rows before t1 give no weight to keys from t1 on (p = 0 there)
+        for t0, t1 in _row_blocks(columns.shape[-2]):
+            product[..., t0:t1, :] = torch.matmul(matrices[key][..., t0:t1, :t1], columns[..., :t1, :])
+        product = product.view(part.shape).mul_(row_factors[..., start:stop, :])
         for target in dict.fromkeys(target for target, _ in members):
             slots = [slot - start for t, slot in members if t == target]
             total = product[..., slots[0] : slots[-1] + 1, :].sum(dim=-2)
