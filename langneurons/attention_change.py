@@ -147,7 +147,6 @@ def prob_change_sumsq(
     check_mode(mode)
     if rows is None:
         rows = torch.ones(raw.shape[0], raw.shape[-1], dtype=torch.bool, device=raw.device)
-    bias = bias.expand(raw.shape[0], *bias.shape[1:])  # a mask shared by the batch
     args = (raw, bias, probs, left, right, delta_scale, softcap, chunk_bytes, row_scale, column_scale, rows)
     if mode == "fast":
         return _second_order(*args)
@@ -197,7 +196,8 @@ def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_byte
     row_ = None if row_scale is None else row_scale.transpose(2, 3)
     column_ = None if column_scale is None else column_scale.transpose(2, 3)
     for b in range(batch):
-        logits = raw[b] + bias[b] if plain else None
+        bias_b = bias[b if bias.shape[0] > 1 else 0]  # one mask may serve the whole batch
+        logits = raw[b] + bias_b if plain else None
         left_b, right_b = (None, None) if left is None else (left_[b], right_[b])
         row_b = None if row_scale is None else row_[b]
         column_b = None if column_scale is None else column_[b]
@@ -224,7 +224,7 @@ def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_byte
                         scores.mul_(column_b[:, lanes, None, cols])
                     if softcap is not None:
                         scores.div_(softcap).tanh_().mul_(softcap)
-                    scores.add_(bias[b][:, None, block, cols])
+                    scores.add_(bias_b[:, None, block, cols])
                 torch.softmax(scores, dim=-1, out=scores)
                 scores.sub_(probs[b][:, None, block, cols])
                 per_row = scores.square_().sum(dim=-1)  # [H, l, r]
@@ -239,7 +239,7 @@ def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_byte
 def _native_function(library: ctypes.CDLL):
     """The C kernel of ``library`` with its signature declared."""
     function = library.prob_change_rows
-    sizes, arrays, scalars = [ctypes.c_int64] * 6, [ctypes.c_void_p] * 9, [ctypes.c_float] * 2
+    sizes, arrays, scalars = [ctypes.c_int64] * 7, [ctypes.c_void_p] * 9, [ctypes.c_float] * 2
     function.argtypes = sizes + arrays + scalars + [ctypes.c_void_p, ctypes.c_int]
     function.restype = ctypes.c_int
     return function
@@ -298,7 +298,7 @@ def _exact_native(
         width = lanes.stop - lanes.start
         per_tile = torch.empty(batch, n_heads, tiles, width)
         failed = kernel(
-            batch, n_heads, width, n, bias.shape[1], n_lanes,
+            batch, n_heads, width, n, bias.shape[0], bias.shape[1], n_lanes,
             raw.data_ptr(), bias.data_ptr(), probs.data_ptr(), counted.data_ptr(),
             _pointer(left, lanes.start), _pointer(right, lanes.start), _pointer(right_bound, lanes.start),
             _pointer(row_scale, lanes.start), _pointer(column_scale, lanes.start),

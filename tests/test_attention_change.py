@@ -242,6 +242,25 @@ def test_a_batch_counts_each_documents_own_rows_and_keys(mode, implementation, c
         torch.testing.assert_close(got[b].double(), reference(x), rtol=1e-4 if mode == "fast" else 2e-5, atol=0)
 
 
+@pytest.mark.parametrize("mode, implementation", [("exact", "native"), ("exact", "torch"), ("fast", None)])
+def test_one_mask_may_serve_the_whole_batch(mode, implementation, monkeypatch):
+    """A bias with a batch dimension of 1 (and one head) is every document's mask."""
+    if implementation == "torch":
+        monkeypatch.setattr(attention_change, "_native_kernel", lambda: None)
+    elif implementation == "native":
+        _native_kernel()  # skips without a compiler
+    documents = [as_batch(make_inputs(seed=30 + i, n=12, window=5)) for i in range(3)]
+    shared = ("bias", "delta_scale", "softcap")
+    batched = {k: v if k in shared or v is None else torch.cat([d[k] for d in documents])
+               for k, v in documents[0].items()}  # fmt: skip
+    assert batched["bias"].shape[:2] == (1, 1) and all(torch.equal(d["bias"], batched["bias"]) for d in documents)
+    got = attention_change.prob_change_sumsq(**batched, chunk_bytes=1 << 20, mode=mode)
+    for b, document in enumerate(documents):
+        alone = attention_change.prob_change_sumsq(**document, chunk_bytes=1 << 20, mode=mode)
+        torch.testing.assert_close(got[b], alone[0], rtol=1e-6, atol=0)
+        assert not torch.allclose(got[b], got[(b + 1) % 3], rtol=1e-2)
+
+
 @pytest.mark.parametrize("implementation", ["native", "torch"])
 def test_exact_does_not_depend_on_chunk_bytes(implementation):
     x = make_inputs(seed=2, n=70, n_dims=37, scales=("row", "column"), softcap=3.0)

@@ -99,7 +99,7 @@ typedef struct {
 } Workspace;
 
 typedef struct {
-    int64_t n_heads, n_lanes, n, bias_heads, ld;
+    int64_t n_heads, n_lanes, n, bias_batch, bias_heads, ld;
     const float *raw, *bias, *probs, *left, *right, *right_bound, *row_scale, *column_scale;
     const uint8_t *rows;
     float delta_scale, softcap;
@@ -233,7 +233,7 @@ static inline __attribute__((always_inline)) void block_change(const Problem *P,
 /* Adds row (b, h, t)'s change of every lane to o. */
 static void row_change(const Problem *P, int64_t b, int64_t h, int64_t t, float *o, Workspace *w) {
     const int64_t D = P->n_lanes, n = P->n, bh = b * P->n_heads + h;
-    const int64_t hb = b * P->bias_heads + (P->bias_heads > 1 ? h : 0);
+    const int64_t hb = (P->bias_batch > 1 ? b : 0) * P->bias_heads + (P->bias_heads > 1 ? h : 0);
     if (!P->rows[b * n + t]) return;
     Row R = {bh, t, 0, n, P->raw + (bh * n + t) * n, P->bias + (hb * n + t) * n, P->probs + (bh * n + t) * n,
              -INFINITY, !P->row_scale && !P->column_scale && P->softcap <= 0.0f && P->left};
@@ -251,16 +251,17 @@ static void row_change(const Problem *P, int64_t b, int64_t h, int64_t t, float 
     if (d0 < D) block_change(P, &R, d0, D - d0, o, w);
 }
 
-/* Layouts (C order): raw, probs [B, H, n, n]; bias [B, bias_heads, n, n]; rows [B, n];
+/* Layouts (C order): raw, probs [B, H, n, n]; bias [1|B, 1|H, n, n]; rows [B, n];
  * left, right [B, H, n, 2, ld]; right_bound [B, H, 2, ld] (max over s of |right|);
  * row_scale, column_scale [B, H, n, ld]; the lane pointers start at the lane chunk's
  * first lane; out [B, H, ceil(n / TILE), n_lanes], each tile's sum over its rows that count.
  * Returns 0, or 1 when a workspace could not be allocated (out is then incomplete). */
-int prob_change_rows(int64_t batch, int64_t n_heads, int64_t n_lanes, int64_t n, int64_t bias_heads, int64_t ld,
+int prob_change_rows(int64_t batch, int64_t n_heads, int64_t n_lanes, int64_t n, int64_t bias_batch,
+                     int64_t bias_heads, int64_t ld,
                      const float *raw, const float *bias, const float *probs, const uint8_t *rows,
                      const float *left, const float *right, const float *right_bound, const float *row_scale,
                      const float *column_scale, float delta_scale, float softcap, float *out, int threads) {
-    const Problem P = {n_heads, n_lanes, n, bias_heads, ld, raw, bias, probs, left, right, right_bound,
+    const Problem P = {n_heads, n_lanes, n, bias_batch, bias_heads, ld, raw, bias, probs, left, right, right_bound,
                        row_scale, column_scale, rows, delta_scale, softcap, out};
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
