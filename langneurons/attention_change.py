@@ -239,7 +239,7 @@ def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_byte
 def _native_function(library: ctypes.CDLL):
     """The C kernel of ``library`` with its signature declared."""
     function = library.prob_change_rows
-    sizes, arrays, scalars = [ctypes.c_int64] * 7, [ctypes.c_void_p] * 9, [ctypes.c_float] * 2
+    sizes, arrays, scalars = [ctypes.c_int64] * 7, [ctypes.c_void_p] * 10, [ctypes.c_float] * 2
     function.argtypes = sizes + arrays + scalars + [ctypes.c_void_p, ctypes.c_int]
     function.restype = ctypes.c_int
     return function
@@ -263,7 +263,8 @@ def _native_kernel():
     left = torch.randn(batch, n_heads, n, 2, n_lanes, generator=gen)
     right = torch.randn(batch, n_heads, n, 2, n_lanes, generator=gen)
     scale = 1 + 0.1 * torch.randn(batch, n_heads, n, n_lanes, generator=gen)
-    cases = ((None, 0.2, False), (None, 8.0, False), (3.0, 0.5, True), (None, 0.5, True), (None, None, True))
+    cases = ((None, 0.2, False), (None, 8.0, False), (3.0, 0.5, True), (None, 0.5, True), (None, 8.0, True))
+    cases += ((None, None, True),)
     for softcap, removal, scales in cases:
         probs = torch.softmax((raw if softcap is None else softcap * torch.tanh(raw / softcap)) + bias, -1)
         removed = (left, right) if removal else (None, None)
@@ -290,6 +291,9 @@ def _exact_native(
         None if x is None else x.contiguous() for x in (left, right, row_scale, column_scale)
     )
     right_bound = None if right is None else right.abs().amax(dim=2).contiguous()  # [B, H, 2, L]
+    column_bound = None  # [B, H, 2, L]: largest and smallest column scale
+    if column_scale is not None:
+        column_bound = torch.stack([column_scale.amax(dim=2), column_scale.amin(dim=2)], dim=2)
     counted = rows.to(torch.uint8).contiguous()
     tiles = -(-n // _NATIVE_TILE)
     out = torch.empty(batch, n_heads, n_lanes)
@@ -301,7 +305,7 @@ def _exact_native(
             batch, n_heads, width, n, bias.shape[0], bias.shape[1], n_lanes,
             raw.data_ptr(), bias.data_ptr(), probs.data_ptr(), counted.data_ptr(),
             _pointer(left, lanes.start), _pointer(right, lanes.start), _pointer(right_bound, lanes.start),
-            _pointer(row_scale, lanes.start), _pointer(column_scale, lanes.start),
+            _pointer(row_scale, lanes.start), _pointer(column_scale, lanes.start), _pointer(column_bound, lanes.start),
             float(delta_scale), float(softcap or 0.0), per_tile.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if failed:

@@ -35,6 +35,7 @@ CASES = {
     "row scale": dict(scales=("row",)),
     "column scale": dict(scales=("column",)),
     "both scales, softcap and alibi": dict(scales=("row", "column"), softcap=2.0, bias_heads=3, alibi=True),
+    "both scales, past the two-pass limit": dict(scales=("row", "column"), size=30.0),
     "scales without removal": dict(scales=("row", "column"), removal=False),
     "row scale without removal": dict(scales=("row",), removal=False),
 }
@@ -262,17 +263,32 @@ def test_one_mask_may_serve_the_whole_batch(mode, implementation, monkeypatch):
 
 
 @pytest.mark.parametrize("implementation", ["native", "torch"])
+def test_exact_with_scales_on_scores_far_apart(implementation):
+    """Large scores and scales a few percent from 1: the scales alone move the logits by far more than
+    the two-pass bound allows (and would overflow an exponential shifted by too little)."""
+    x = make_inputs(seed=11, n=40, n_dims=21, scales=("row", "column"), size=0.5)
+    x["raw"] = x["raw"] * 150
+    x["probs"] = torch.softmax(x["raw"] + x["bias"], dim=-1)
+    expected = exact_by_definition(x)
+    got = _exact(implementation, x)
+    assert got.isfinite().all() and expected.max() > 1
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["native", "torch"])
 def test_exact_does_not_depend_on_chunk_bytes(implementation):
     x = make_inputs(seed=2, n=70, n_dims=37, scales=("row", "column"), softcap=3.0)
     whole = _exact(implementation, x, chunk_bytes=1 << 30)
     torch.testing.assert_close(_exact(implementation, x, chunk_bytes=1), whole, rtol=1e-6, atol=0)
 
 
-def test_native_kernel_handles_widths_that_are_not_a_vector_multiple():
-    """Lanes are the dimensions: 1, 17 and 33 of them exercise the vector loops' remainders."""
-    for n_dims in (1, 17, 33):
-        x = make_inputs(seed=3, n_dims=n_dims, n=29, window=9)
-        torch.testing.assert_close(_exact("native", x).double(), exact_by_definition(x), rtol=2e-5, atol=0)
+@pytest.mark.parametrize("case", ["plain", "both scales, softcap and alibi"])
+def test_native_kernel_handles_any_number_of_lanes_and_rows(case):
+    """The kernel works in blocks of 16 lanes and tasks of 32 query rows: full blocks, remainders,
+    fewer lanes than a block, and documents shorter or longer than a task (1 token included)."""
+    for n_dims, n in ((1, 1), (16, 40), (17, 29), (33, 64), (48, 33), (5, 2)):
+        x = make_inputs(seed=3, n_dims=n_dims, n=n, **CASES[case])
+        torch.testing.assert_close(_exact("native", x).double(), exact_by_definition(x), rtol=2e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("implementation", ["native", "torch"])

@@ -14,9 +14,9 @@
  * step over s is a few vector instructions for all lanes, with no horizontal
  * reductions; a row's scores (n x lanes floats) stay in the first or second level cache.
  *
- * Plain attention (no scales, no soft-cap) skips the pass that finds each lane's maximum
- * when the removal cannot move any logit of the row by more than SHIFT_LIMIT: the
- * exponentials are then shifted by the row's largest logit plus that lane's bound,
+ * Attention without a soft-cap skips the pass that finds each lane's maximum when the
+ * removal (and the scales) cannot move any logit of the row by more than SHIFT_LIMIT:
+ * the exponentials are then shifted by the row's largest logit plus that lane's bound,
  * which is at least every new logit and at most 2 * SHIFT_LIMIT above the largest,
  * so nothing that matters underflows.
  *
@@ -96,11 +96,12 @@ static inline __m512 exp16_nonpositive(__m512 x) {
 typedef struct {
     float *scores; /* [n][BLOCK]: one lane block's exponentials (or scores) of the row */
     float *logit;  /* [n]: the row's logits raw + bias (plain attention) */
+    float *ones;   /* [BLOCK] ones: the column scales where there are none */
 } Workspace;
 
 typedef struct {
     int64_t n_heads, n_lanes, n, bias_batch, bias_heads, ld;
-    const float *raw, *bias, *probs, *left, *right, *right_bound, *row_scale, *column_scale;
+    const float *raw, *bias, *probs, *left, *right, *right_bound, *row_scale, *column_scale, *column_bound;
     const uint8_t *rows;
     float delta_scale, softcap;
     float *out;
@@ -109,8 +110,9 @@ typedef struct {
 typedef struct {
     int64_t bh, t, s0, s1;
     const float *raw_row, *bias_row, *prob_row;
-    float top; /* the largest logit of the row (plain attention) */
-    int plain;
+    float top, raw_abs; /* the largest logit and the largest |raw| of the row (shiftable rows) */
+    int shiftable;      /* no soft-cap and a removal: the two-pass path may apply */
+    int plain;          /* shiftable and no scales */
 } Row;
 
 /* Lanes [d0, d0 + width) of one row, width <= BLOCK; inlined with width = BLOCK for the full blocks. */
@@ -132,19 +134,24 @@ static inline __attribute__((always_inline)) void block_change(const Problem *P,
     const float *r_base = P->right ? P->right + bh * n * 2 * ld + d0 : NULL;
     float *restrict z = w->scores - s0 * BLOCK; /* z + s * BLOCK: key s */
     int shifted = 0;
-    if (R->plain) {
-        /* each lane's bound on how far the removal moves a logit of the row */
+    if (R->shiftable) {
+        /* each lane's bound on how far the removal moves a logit of the row:
+         * |z - logit| = |(r c - 1) raw + r c (l0 r0 + l1 r1)|, r c within [lo, hi] */
         const float *b0 = P->right_bound + bh * 2 * ld + d0, *b1 = b0 + ld;
+        const float *c_hi = P->column_bound ? P->column_bound + bh * 2 * ld + d0 : NULL;
+        const float *c_lo = c_hi ? c_hi + ld : NULL;
         float widest = 0.0f;
         for (int64_t j = 0; j < width; j++) {
-            float bound = fabsf(l0[j]) * b0[j] + fabsf(l1[j]) * b1[j];
+            const float lo = rs[j] * (c_lo ? c_lo[j] : 1.0f), hi = rs[j] * (c_hi ? c_hi[j] : 1.0f);
+            const float stretch = fmaxf(fabsf(lo - 1.0f), fabsf(hi - 1.0f)), amplitude = fmaxf(fabsf(lo), fabsf(hi));
+            float bound = stretch * R->raw_abs + amplitude * (fabsf(l0[j]) * b0[j] + fabsf(l1[j]) * b1[j]);
             mx[j] = R->top + bound;
             widest = bound > widest || bound != bound ? bound : widest;
         }
         shifted = widest <= SHIFT_LIMIT; /* false for NaN too: then the three passes propagate it */
     }
 #if defined(__AVX512F__)
-    if (shifted && width == BLOCK) { /* the two passes on one vector of lanes */
+    if (shifted && R->plain && width == BLOCK) { /* the two passes on one vector of lanes */
         const __m512 L0 = _mm512_loadu_ps(l0), L1 = _mm512_loadu_ps(l1), shift = _mm512_loadu_ps(mx);
         __m512 sum = _mm512_setzero_ps(), total = _mm512_setzero_ps();
         for (int64_t s = s0; s < s1; s++) {
@@ -165,7 +172,7 @@ static inline __attribute__((always_inline)) void block_change(const Problem *P,
         return;
     }
 #endif
-    if (shifted) {
+    if (shifted && R->plain) {
         for (int64_t s = s0; s < s1; s++) {
             const float *restrict r0 = r_base + s * 2 * ld, *restrict r1 = r0 + ld;
             const float logit = w->logit[s];
@@ -173,6 +180,19 @@ static inline __attribute__((always_inline)) void block_change(const Problem *P,
 #pragma omp simd
             for (int64_t j = 0; j < width; j++) {
                 float e = exp_nonpositive(logit + l0[j] * r0[j] + l1[j] * r1[j] - mx[j]);
+                zs[j] = e;
+                sm[j] += e;
+            }
+        }
+    } else if (shifted) { /* query/key norms: row and column scales */
+        for (int64_t s = s0; s < s1; s++) {
+            const float *restrict r0 = r_base + s * 2 * ld, *restrict r1 = r0 + ld;
+            const float *restrict cs = P->column_scale ? P->column_scale + (bh * n + s) * ld + d0 : w->ones;
+            const float base = R->raw_row[s], bias = R->bias_row[s];
+            float *restrict zs = z + s * BLOCK;
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) {
+                float e = exp_nonpositive((base + l0[j] * r0[j] + l1[j] * r1[j]) * (rs[j] * cs[j]) + bias - mx[j]);
                 zs[j] = e;
                 sm[j] += e;
             }
@@ -236,14 +256,16 @@ static void row_change(const Problem *P, int64_t b, int64_t h, int64_t t, float 
     const int64_t hb = (P->bias_batch > 1 ? b : 0) * P->bias_heads + (P->bias_heads > 1 ? h : 0);
     if (!P->rows[b * n + t]) return;
     Row R = {bh, t, 0, n, P->raw + (bh * n + t) * n, P->bias + (hb * n + t) * n, P->probs + (bh * n + t) * n,
-             -INFINITY, !P->row_scale && !P->column_scale && P->softcap <= 0.0f && P->left};
+             -INFINITY, 0.0f, P->softcap <= 0.0f && P->left != NULL, 0};
+    R.plain = R.shiftable && !P->row_scale && !P->column_scale;
     while (R.s0 < n && !(R.bias_row[R.s0] > MASKED)) R.s0++;
     while (R.s1 > R.s0 && !(R.bias_row[R.s1 - 1] > MASKED)) R.s1--;
-    if (R.plain) {
+    if (R.shiftable) {
         for (int64_t s = R.s0; s < R.s1; s++) {
-            float logit = R.raw_row[s] + R.bias_row[s];
+            float logit = R.raw_row[s] + R.bias_row[s], size = fabsf(R.raw_row[s]);
             w->logit[s] = logit;
             R.top = logit > R.top ? logit : R.top;
+            R.raw_abs = size > R.raw_abs || size != size ? size : R.raw_abs;
         }
     }
     int64_t d0 = 0;
@@ -253,16 +275,18 @@ static void row_change(const Problem *P, int64_t b, int64_t h, int64_t t, float 
 
 /* Layouts (C order): raw, probs [B, H, n, n]; bias [1|B, 1|H, n, n]; rows [B, n];
  * left, right [B, H, n, 2, ld]; right_bound [B, H, 2, ld] (max over s of |right|);
- * row_scale, column_scale [B, H, n, ld]; the lane pointers start at the lane chunk's
+ * row_scale, column_scale [B, H, n, ld]; column_bound [B, H, 2, ld] (max and min over s of
+ * column_scale); the lane pointers start at the lane chunk's
  * first lane; out [B, H, ceil(n / TILE), n_lanes], each tile's sum over its rows that count.
  * Returns 0, or 1 when a workspace could not be allocated (out is then incomplete). */
 int prob_change_rows(int64_t batch, int64_t n_heads, int64_t n_lanes, int64_t n, int64_t bias_batch,
                      int64_t bias_heads, int64_t ld,
                      const float *raw, const float *bias, const float *probs, const uint8_t *rows,
                      const float *left, const float *right, const float *right_bound, const float *row_scale,
-                     const float *column_scale, float delta_scale, float softcap, float *out, int threads) {
+                     const float *column_scale, const float *column_bound, float delta_scale, float softcap,
+                     float *out, int threads) {
     const Problem P = {n_heads, n_lanes, n, bias_batch, bias_heads, ld, raw, bias, probs, left, right, right_bound,
-                       row_scale, column_scale, rows, delta_scale, softcap, out};
+                       row_scale, column_scale, column_bound, rows, delta_scale, softcap, out};
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -275,7 +299,9 @@ int prob_change_rows(int64_t batch, int64_t n_heads, int64_t n_lanes, int64_t n,
         Workspace w;
         w.scores = aligned_alloc(64, (size_t)n * BLOCK * sizeof(float));
         w.logit = aligned_alloc(64, (size_t)(n + 15) / 16 * 16 * sizeof(float));
-        const int ready = w.scores && w.logit;
+        w.ones = aligned_alloc(64, BLOCK * sizeof(float));
+        const int ready = w.scores && w.logit && w.ones;
+        for (int j = 0; ready && j < BLOCK; j++) w.ones[j] = 1.0f;
         failed = !ready;
         /* one task per tile of TILE query rows of one (document, head), its sum in its own slot;
          * every thread takes part in the loop (a work-sharing loop must be met by all of them) */
@@ -289,6 +315,7 @@ int prob_change_rows(int64_t batch, int64_t n_heads, int64_t n_lanes, int64_t n,
         }
         free(w.scores);
         free(w.logit);
+        free(w.ones);
 #if defined(__SSE__)
         _mm_setcsr(saved_csr);
 #endif
