@@ -141,7 +141,7 @@ def prob_change_sumsq(
     that count; ``mode="fast"`` is the second-order expansion (see the module docstring).
     Attention must be causal (``bias`` masks every key after the query), as in every
     causal LM; other masks are free. Temporaries beyond inputs-sized arrays stay
-    within ``chunk_bytes`` (fast mode: within ``chunk_bytes`` or the size of ``probs``,
+    within ``chunk_bytes`` (fast mode: within ``chunk_bytes`` or the size of the inputs,
     whichever is larger).
     """
     check_mode(mode)
@@ -329,8 +329,9 @@ def _second_order(raw, bias, probs, left, right, delta_scale, softcap, chunk_byt
     out = torch.zeros(batch, n_heads, n_lanes, device=raw.device)
     counted = rows[:, None, :, None]
     # per lane: float32 [B, H, n] columns: the row and column factors of every slot, and the products;
-    # chunks as large as the probabilities at least (matrix products need width to run fast)
-    budget = max(chunk_bytes, probs.numel() * probs.element_size())
+    # chunks as large as the inputs at least (matrix products need width to run fast)
+    inputs = (raw, probs, left, right, row_scale, column_scale)
+    budget = max(chunk_bytes, sum(x.numel() * x.element_size() for x in inputs if x is not None))
     for lanes in _lane_chunks(n_lanes, 3 * n_slots * 4 * batch * n_heads * n, budget):
         row_terms, column_terms, names = _change_terms(left, right, row_scale, column_scale, delta_scale, lanes)
         singles = [((name,), k, k) for k, name in enumerate(names)]  # terms come grouped by weight
