@@ -290,7 +290,8 @@ def _exact_native(
     left, right, row_scale, column_scale = (
         None if x is None else x.contiguous() for x in (left, right, row_scale, column_scale)
     )
-    right_bound = None if right is None else right.abs().amax(dim=2).contiguous()  # [B, H, 2, L]
+    # [B, H, 2, L]: the largest |right| over the keys (a norm: no temporary of right's size)
+    right_bound = None if right is None else torch.linalg.vector_norm(right, ord=float("inf"), dim=2)
     column_bound = None  # [B, H, 2, L]: largest and smallest column scale
     if column_scale is not None:
         column_bound = torch.stack([column_scale.amax(dim=2), column_scale.amin(dim=2)], dim=2)
