@@ -236,8 +236,16 @@ def _exact_torch(raw, bias, probs, left, right, delta_scale, softcap, chunk_byte
 # ---- exact, native ---------------------------------------------------------------------------------
 
 
+#: The version of ``prob_change_rows``'s argument list that :func:`_native_function` declares.
+_NATIVE_ABI = 2
+
+
 def _native_function(library: ctypes.CDLL):
-    """The C kernel of ``library`` with its signature declared."""
+    """The C kernel of ``library`` with its signature declared, or ``None`` for another argument list."""
+    version = getattr(library, "prob_change_abi", None)
+    if version is None or version() != _NATIVE_ABI:
+        logger.warning("the native q/k kernel has another argument list than this langneurons; using torch")
+        return None
     function = library.prob_change_rows
     sizes, arrays, scalars = [ctypes.c_int64] * 7, [ctypes.c_void_p] * 10, [ctypes.c_float] * 2
     function.argtypes = sizes + arrays + scalars + [ctypes.c_void_p, ctypes.c_int]
@@ -252,6 +260,8 @@ def _native_kernel():
     if library is None:
         return None
     function = _native_function(library)
+    if function is None:
+        return None
     # A miscompiled kernel must not score anything: check it on a small case of every kind,
     # the shifted (two-pass) and three-pass paths of plain attention included.
     gen = torch.Generator().manual_seed(0)

@@ -141,7 +141,9 @@ def _native_kernel():
     library = native.load("prob_change")
     if library is None:
         pytest.skip("no C compiler here: the native kernel is not built (the torch tests still run)")
-    return attention_change._native_function(library)
+    function = attention_change._native_function(library)
+    assert function is not None, "the compiled kernel's argument list is not the one attention_change declares"
+    return function
 
 
 #: One document's removal and scales: the definitions' layout -> prob_change_sumsq's (lanes last).
@@ -364,6 +366,18 @@ def test_without_a_working_compiler_scoring_falls_back_to_torch(
     if message:
         assert message in caplog.text
     x = make_inputs(seed=5, scales=("row",), softcap=2.0)
+    got = attention_change.prob_change_sumsq(**as_batch(x), chunk_bytes=1 << 20)[0]
+    torch.testing.assert_close(got.double(), exact_by_definition(x), rtol=2e-5, atol=0)
+
+
+def test_a_native_kernel_with_another_argument_list_is_not_used(fresh_native, monkeypatch, caplog):
+    """A library built from a source whose argument list changed after import is refused, not called."""
+    _native_kernel()  # skips without a compiler
+    monkeypatch.setattr(attention_change, "_NATIVE_ABI", attention_change._NATIVE_ABI + 1)
+    with caplog.at_level(logging.WARNING, logger="langneurons.attention_change"):
+        assert attention_change._native_kernel() is None
+    assert "another argument list" in caplog.text
+    x = make_inputs(seed=5)
     got = attention_change.prob_change_sumsq(**as_batch(x), chunk_bytes=1 << 20)[0]
     torch.testing.assert_close(got.double(), exact_by_definition(x), rtol=2e-5, atol=0)
 

@@ -273,6 +273,10 @@ static void row_change(const Problem *P, int64_t b, int64_t h, int64_t t, float 
     if (d0 < D) block_change(P, &R, d0, D - d0, o, w);
 }
 
+/* The argument list's version: langneurons.attention_change refuses a library whose version is not
+ * the one it was written for (a source edited after the Python side was imported, say). */
+int prob_change_abi(void) { return 2; }
+
 /* Layouts (C order): raw, probs [B, H, n, n]; bias [1|B, 1|H, n, n]; rows [B, n];
  * left, right [B, H, n, 2, ld]; right_bound [B, H, 2, ld] (max over s of |right|);
  * row_scale, column_scale [B, H, n, ld]; column_bound [B, H, 2, ld] (max and min over s of
